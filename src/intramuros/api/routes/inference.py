@@ -1,0 +1,43 @@
+"""Model-calling routes: chat, completions, embeddings. Thin: the service does the work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+
+from intramuros.api import protocol as p
+from intramuros.api.sse import sse_response
+from intramuros.serving.service import InferenceService
+
+router = APIRouter(prefix="/v1")
+
+
+def _service(request: Request) -> InferenceService:
+    service: InferenceService = request.app.state.service
+    return service
+
+
+def _respond(result: Any) -> Any:
+    if isinstance(result, BaseModel):
+        return result
+    return sse_response(result)
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(body: p.ChatCompletionRequest, request: Request) -> Any:
+    """OpenAI ``POST /v1/chat/completions`` (Mistral's spellings accepted)."""
+    return _respond(await _service(request).chat(body))
+
+
+@router.post("/completions", response_model=None)
+async def completions(body: p.CompletionRequest, request: Request) -> Any:
+    """OpenAI ``POST /v1/completions``."""
+    return _respond(await _service(request).completion(body))
+
+
+@router.post("/embeddings", response_model=p.EmbeddingResponse)
+async def embeddings(body: p.EmbeddingRequest, request: Request) -> p.EmbeddingResponse:
+    """OpenAI ``POST /v1/embeddings``."""
+    return await _service(request).embeddings(body)

@@ -1,0 +1,290 @@
+"""The catalogue: every model this installation can serve, with its provenance.
+
+Records live in the database. Bundled models are (re)registered from their
+installed packages at start-up; operators add their own GGUF files or
+upstream servers. A model's weights are hashed again every time it is loaded
+(:meth:`Catalog.verify_record`), and a mismatch refuses the load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from intramuros.catalog.bundled import BUNDLED, BundledModel, find_bundled
+from intramuros.catalog.gguf import read_gguf_info
+from intramuros.catalog.records import Capability, ModelRecord, Origin
+from intramuros.errors import (
+    InvalidRequest,
+    ModelFileMissing,
+    ModelIntegrityError,
+    ModelNotFound,
+)
+from intramuros.settings import Settings
+from intramuros.store.db import Database, dumps
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+ALL_CAPABILITIES: tuple[Capability, ...] = ("chat", "completion", "embeddings", "tools", "json")
+
+
+def sha256_file(path: Path, chunk: int = 4 * 1024 * 1024) -> str:
+    """The hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The outcome of re-hashing one model's files."""
+
+    name: str
+    ok: bool
+    detail: str
+    expected: str | None = None
+    actual: str | None = None
+
+
+class Catalog:
+    """Model records backed by the database."""
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.settings = settings
+
+    # -- reading -----------------------------------------------------------
+
+    def list(self) -> list[ModelRecord]:
+        """All records, by name."""
+        return [ModelRecord.model_validate_json(raw) for raw in self.db.model_records()]
+
+    def get(self, name: str) -> ModelRecord:
+        """The record called ``name``.
+
+        Raises ``ModelFileMissing`` naming the package for a bundled model
+        whose package is not installed, ``ModelNotFound`` otherwise.
+        """
+        for record in self.list():
+            if record.name == name:
+                return record
+        bundled = find_bundled(name)
+        if bundled is not None:
+            raise ModelFileMissing(bundled.install_hint(), model=name)
+        raise ModelNotFound(name)
+
+    # -- bundled models ----------------------------------------------------
+
+    def sync_bundled(self) -> list[str]:
+        """Register every bundled model whose package is installed; return their names.
+
+        Chunked weights (Gemma) are joined into the data dir once, and checked
+        against the pinned hash before being registered.
+        """
+        names: list[str] = []
+        for bundled in BUNDLED:
+            if not bundled.installed():
+                log.info("bundled model %s not installed (%s)", bundled.name, bundled.package)
+                continue
+            path = self._bundled_path(bundled)
+            if path is None:
+                continue
+            record = ModelRecord(
+                name=bundled.name,
+                engine=bundled.engine,
+                format=bundled.format,
+                path=str(path),
+                sha256=bundled.sha256,
+                size_bytes=path.stat().st_size,
+                quantization=bundled.quantization,
+                architecture=bundled.architecture,
+                context_length=bundled.context_length,
+                license=bundled.license,
+                origin=Origin(
+                    kind="package", package=bundled.package, version=bundled.installed_version()
+                ),
+                capabilities=bundled.capabilities,
+                aux_files=dict(bundled.aux_files),
+                description=bundled.description,
+                bundled=True,
+            )
+            self._save(record, keep_created=True)
+            names.append(bundled.name)
+        return names
+
+    def _bundled_path(self, bundled: BundledModel) -> Path | None:
+        if bundled.assembled_name is None:
+            return bundled.package_path()
+        target = self.settings.models_dir() / bundled.assembled_name
+        if not target.exists():
+            from importlib import import_module
+
+            module = import_module(bundled.module)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(".partial")
+            try:
+                module.assemble(partial, overwrite=True)
+            except (FileNotFoundError, ValueError) as exc:
+                partial.unlink(missing_ok=True)
+                log.error("cannot assemble %s: %s", bundled.name, exc)
+                return None
+            partial.replace(target)
+        return target
+
+    # -- operators' own models ----------------------------------------------
+
+    def add_file(
+        self,
+        path: Path,
+        *,
+        name: str,
+        license: str = "unknown",
+        capabilities: tuple[Capability, ...] | None = None,
+        context_length: int | None = None,
+        replace: bool = False,
+    ) -> ModelRecord:
+        """Register a GGUF file the operator supplies, hashing it now."""
+        self._check_new_name(name, replace)
+        path = path.expanduser().resolve()
+        if not path.is_file():
+            raise InvalidRequest(f"{path} is not a file.", param="path")
+        info = read_gguf_info(path)
+        caps = capabilities or (
+            ("chat", "completion", "tools", "json") if info.has_chat_template
+            else ("completion", "json")
+        )  # fmt: skip
+        if "embeddings" in caps:
+            raise InvalidRequest(
+                "The llamacpp engine serves chat and completion; embeddings are not supported "
+                "for added GGUF files yet.",
+                param="capabilities",
+            )
+        if "chat" in caps and not info.has_chat_template:
+            raise InvalidRequest(
+                f"{path.name} has no chat template, so it cannot serve chat.",
+                param="capabilities",
+            )
+        record = ModelRecord(
+            name=name,
+            engine="llamacpp",
+            format="gguf",
+            path=str(path),
+            sha256=sha256_file(path),
+            size_bytes=path.stat().st_size,
+            quantization=info.quantization,
+            architecture=info.architecture,
+            context_length=context_length or info.context_length or 2048,
+            license=license if license != "unknown" else (info.license or "unknown"),
+            origin=Origin(kind="file", path=str(path)),
+            capabilities=caps,
+            description=info.name or "",
+        )
+        self._save(record)
+        return record
+
+    def add_upstream(
+        self,
+        *,
+        name: str,
+        base_url: str,
+        upstream_model: str | None = None,
+        capabilities: tuple[Capability, ...] = ("chat", "completion"),
+        context_length: int = 4096,
+        license: str = "unknown",
+        api_key_env: str | None = None,
+        replace: bool = False,
+    ) -> ModelRecord:
+        """Register a model served by an OpenAI-compatible upstream server."""
+        self._check_new_name(name, replace)
+        if not re.match(r"^https?://[^\s/]+", base_url):
+            raise InvalidRequest("base_url must be an http(s) URL.", param="base_url")
+        options: dict[str, str] = {"base_url": base_url.rstrip("/")}
+        options["upstream_model"] = upstream_model or name
+        if api_key_env:
+            options["api_key_env"] = api_key_env
+        record = ModelRecord(
+            name=name,
+            engine="openai-upstream",
+            format="remote",
+            context_length=context_length,
+            license=license,
+            origin=Origin(kind="upstream", url=base_url),
+            capabilities=capabilities,
+            options=options,
+        )
+        self._save(record)
+        return record
+
+    def remove(self, name: str) -> None:
+        """Forget a model (its files are left where they are)."""
+        if not self.db.delete_model(name):
+            raise ModelNotFound(name)
+
+    def _check_new_name(self, name: str, replace: bool) -> None:
+        if not NAME_RE.match(name):
+            raise InvalidRequest(
+                "A model name is 1-128 characters: letters, digits and . _ : - "
+                "(starting with a letter or digit).",
+                param="name",
+            )
+        if find_bundled(name) is not None:
+            raise InvalidRequest(f"'{name}' is the name of a bundled model.", param="name")
+        if not replace and any(r.name == name for r in self.list()):
+            raise InvalidRequest(f"A model named '{name}' already exists.", param="name")
+
+    def _save(self, record: ModelRecord, keep_created: bool = False) -> None:
+        if keep_created:
+            old = next((r for r in self.list() if r.name == record.name), None)
+            if old is not None:
+                record = record.model_copy(update={"created": old.created})
+        self.db.upsert_model(record.name, record.engine, record.sha256,
+                             dumps(record.model_dump(mode="json")))  # fmt: skip
+
+    # -- integrity ---------------------------------------------------------
+
+    def verify_record(self, record: ModelRecord) -> None:
+        """Re-hash a model's files; raise unless every one matches its record.
+
+        Raises ``ModelFileMissing`` (file gone) or ``ModelIntegrityError``
+        (hash differs). Records without local weights pass.
+        """
+        path = record.weights_path()
+        if path is None:
+            return
+        files = [(path, record.sha256)] + [
+            (path.parent / rel, digest) for rel, digest in record.aux_files.items()
+        ]
+        for file, expected in files:
+            if not file.is_file():
+                bundled = find_bundled(record.name)
+                hint = bundled.install_hint() if bundled else f"Model '{record.name}' file missing."
+                log.error("model %s: file %s is missing", record.name, file)
+                raise ModelFileMissing(hint, model=record.name)
+            actual = sha256_file(file)
+            if expected is None or actual != expected:
+                raise ModelIntegrityError(
+                    model=record.name, path=str(file), expected=str(expected), actual=actual
+                )
+
+    def verify_all(self) -> list[VerifyResult]:
+        """Re-hash every model; one result each."""
+        results: list[VerifyResult] = []
+        for record in self.list():
+            try:
+                self.verify_record(record)
+            except ModelIntegrityError as exc:
+                results.append(VerifyResult(record.name, False, f"hash mismatch: {exc.path}",
+                                            exc.expected, exc.actual))  # fmt: skip
+            except ModelFileMissing as exc:
+                results.append(VerifyResult(record.name, False, f"missing: {exc.message}"))
+            else:
+                detail = "no local weights" if record.path is None else "ok"
+                results.append(VerifyResult(record.name, True, detail, record.sha256,
+                                            record.sha256))  # fmt: skip
+        return results

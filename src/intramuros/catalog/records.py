@@ -1,0 +1,69 @@
+"""The catalogue's record of one model: what it is, where it came from, what it can do."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Capability = Literal["chat", "completion", "embeddings", "tools", "json"]
+OriginKind = Literal["package", "file", "upstream"]
+
+
+class Origin(BaseModel):
+    """Where a model's weights came from.
+
+    ``kind`` is ``package`` (a registry package: ``package`` and ``version``
+    set), ``file`` (added by an operator from ``path``) or ``upstream`` (served
+    by another server at ``url``; we hold no weights).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: OriginKind
+    package: str | None = None
+    version: str | None = None
+    path: str | None = None
+    url: str | None = None
+
+
+class ModelRecord(BaseModel):
+    """One model in the catalogue, with its provenance.
+
+    ``path`` is the main weights file (GGUF, safetensors); ``sha256`` is its
+    hash, checked on every load. ``aux_files`` maps further files the engine
+    reads (tokenizer, config), relative to ``path``'s folder, to their
+    sha256; they are checked too. ``options`` carries engine-specific
+    settings (for ``openai-upstream``: ``base_url``, ``upstream_model``,
+    ``api_key_env``, ``timeout``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="The id clients use in the `model` parameter.")
+    engine: str = Field(description="Engine plug-in that runs it, e.g. `llamacpp`.")
+    format: str = Field(description="Weights format: gguf, safetensors, or `remote`.")
+    path: str | None = Field(default=None, description="Main weights file.")
+    sha256: str | None = Field(default=None, description="sha256 of the weights file.")
+    size_bytes: int | None = None
+    quantization: str | None = None
+    architecture: str | None = None
+    context_length: int = 2048
+    license: str = "unknown"
+    origin: Origin
+    capabilities: tuple[Capability, ...] = ()
+    aux_files: dict[str, str] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
+    description: str = ""
+    bundled: bool = False
+    created: int = Field(default_factory=lambda: int(time.time()))
+
+    def has(self, capability: Capability) -> bool:
+        """True when the model declares ``capability``."""
+        return capability in self.capabilities
+
+    def weights_path(self) -> Path | None:
+        """The weights file as a path, if the model has local weights."""
+        return Path(self.path) if self.path else None

@@ -1,0 +1,279 @@
+"""The ``intramuros`` command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from intramuros.catalog.catalog import ALL_CAPABILITIES, Catalog
+from intramuros.catalog.records import Capability
+from intramuros.errors import IntramurosError
+from intramuros.offline import enforce_offline
+from intramuros.settings import Settings, load_settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+# Settings every command accepts (where the state lives); `serve` takes all.
+_STATE_FIELDS = ("data_dir", "database_url", "config")
+
+
+def _click_type(annotation: Any) -> tuple[Any, bool]:
+    """(click type, is_flag) for a settings field's annotation."""
+    origin = get_origin(annotation)
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if origin in (types.UnionType, typing.Union) and len(args) == 1:
+        return _click_type(args[0])
+    if origin is typing.Literal:
+        return click.Choice([str(a) for a in get_args(annotation)]), False
+    if origin is list:
+        return str, False
+    if annotation is bool:
+        return bool, True
+    if annotation in (int, float, str):
+        return annotation, False
+    if annotation is Path:
+        return click.Path(path_type=Path), False
+    return str, False
+
+
+def settings_options(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Click options generated from ``Settings`` fields; their help is the field's description."""
+    fields = Settings.model_fields
+    chosen = names or tuple(fields)
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for name in reversed(chosen):
+            info = fields[name]
+            kind, is_flag = _click_type(info.annotation)
+            flag = "--" + name.replace("_", "-")
+            env = "INTRAMUROS_" + name.upper()
+            decls = [f"{flag}/--no-{name.replace('_', '-')}"] if is_flag else [flag]
+            func = click.option(
+                *decls, name, type=None if is_flag else kind, default=None,
+                help=f"{info.description} [env: {env}]", show_default=False,
+            )(func)  # fmt: skip
+        return func
+
+    return decorate
+
+
+def _settings(options: dict[str, Any]) -> Settings:
+    return load_settings(**options)
+
+
+def _fail(exc: IntramurosError) -> None:
+    err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+    sys.exit(1)
+
+
+@click.group()
+@click.version_option(package_name="intramuros")
+def main() -> None:
+    """intramuros: an OpenAI/Mistral-compatible AI service on open models, within your walls."""
+    enforce_offline()
+
+
+# --------------------------------------------------------------------------
+# serve
+# --------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--no-auth", is_flag=True, hidden=True, help="Reserved.")
+@settings_options()
+def serve(no_auth: bool, **options: Any) -> None:
+    """Run the API server (OpenAI- and Mistral-compatible) on this machine."""
+    import uvicorn
+
+    from intramuros.api.app import create_app
+
+    try:
+        settings = _settings(options)
+    except IntramurosError as exc:
+        _fail(exc)
+        return
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(settings)
+    err_console.print(
+        f"intramuros serving on http://{settings.host}:{settings.port} "
+        f"(data dir {settings.data_dir})",
+        highlight=False,
+    )
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=5)  # fmt: skip
+
+
+# --------------------------------------------------------------------------
+# models
+# --------------------------------------------------------------------------
+
+
+def _catalog(options: dict[str, Any]) -> Catalog:
+    from intramuros.store.db import Database
+
+    settings = _settings(options)
+    db = Database(settings.resolved_database_url())
+    db.migrate()
+    catalog = Catalog(db, settings)
+    catalog.sync_bundled()
+    return catalog
+
+
+def _capabilities(value: str | None) -> tuple[Capability, ...] | None:
+    if not value:
+        return None
+    caps = tuple(c.strip() for c in value.split(",") if c.strip())
+    bad = [c for c in caps if c not in ALL_CAPABILITIES]
+    if bad:
+        raise click.BadParameter(
+            f"unknown capability {', '.join(bad)} (known: {', '.join(ALL_CAPABILITIES)})"
+        )
+    return typing.cast(tuple[Capability, ...], caps)
+
+
+@main.group()
+def models() -> None:
+    """List, add, remove and verify models."""
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@settings_options(*_STATE_FIELDS)
+def models_list(as_json: bool, **options: Any) -> None:
+    """Print the catalogue with each model's provenance."""
+    try:
+        records = _catalog(options).list()
+    except IntramurosError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+        return
+    table = Table(title="intramuros models")
+    for col in ("name", "engine", "format", "quant", "ctx", "size", "licence", "origin",
+                "capabilities", "sha256"):  # fmt: skip
+        table.add_column(col, overflow="fold")
+    for r in records:
+        origin = r.origin
+        where = (f"{origin.package}=={origin.version}" if origin.kind == "package"
+                 else origin.path or origin.url or "")  # fmt: skip
+        size = f"{r.size_bytes / 1e6:.1f} MB" if r.size_bytes else "-"
+        table.add_row(r.name, r.engine, r.format, r.quantization or "-", str(r.context_length),
+                      size, r.license, f"{origin.kind}: {where}", ",".join(r.capabilities),
+                      (r.sha256 or "-")[:16])  # fmt: skip
+    console.print(table)
+
+
+@models.command("add")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Model id clients will use.")
+@click.option("--license", "license_", default="unknown", help="Licence of the weights.")
+@click.option("--capabilities", default=None,
+              help=f"Comma-separated, of: {', '.join(ALL_CAPABILITIES)}. Default: from the file.")
+@click.option("--context-length", type=click.IntRange(min=16), default=None,
+              help="Context window to record. Default: from the file.")
+@click.option("--replace", is_flag=True, help="Replace a model of the same name.")
+@settings_options(*_STATE_FIELDS)
+def models_add(path: Path, name: str, license_: str, capabilities: str | None,
+               context_length: int | None, replace: bool, **options: Any) -> None:  # fmt: skip
+    """Add a GGUF file: hashes it and records its provenance."""
+    try:
+        record = _catalog(options).add_file(
+            path, name=name, license=license_, capabilities=_capabilities(capabilities),
+            context_length=context_length, replace=replace,
+        )  # fmt: skip
+    except IntramurosError as exc:
+        _fail(exc)
+        return
+    console.print(f"added [bold]{record.name}[/] sha256 {record.sha256} "
+                  f"({record.architecture}, {record.quantization}, ctx {record.context_length})",
+                  highlight=False)  # fmt: skip
+
+
+@models.command("add-upstream")
+@click.argument("name")
+@click.option("--base-url", required=True, help="The upstream's OpenAI base URL, e.g. http://h:8000/v1.")
+@click.option("--upstream-model", default=None, help="Model name at the upstream (default: NAME).")
+@click.option("--capabilities", default="chat,completion", show_default=True,
+              help=f"Comma-separated, of: {', '.join(ALL_CAPABILITIES)}.")
+@click.option("--context-length", type=click.IntRange(min=16), default=4096, show_default=True)
+@click.option("--license", "license_", default="unknown", help="Licence of the upstream's weights.")
+@click.option("--api-key-env", default=None, help="Environment variable holding the upstream's key.")
+@click.option("--replace", is_flag=True, help="Replace a model of the same name.")
+@settings_options(*_STATE_FIELDS)
+def models_add_upstream(name: str, base_url: str, upstream_model: str | None, capabilities: str,
+                        context_length: int, license_: str, api_key_env: str | None,
+                        replace: bool, **options: Any) -> None:  # fmt: skip
+    """Serve a model from an OpenAI-compatible server (vLLM, TGI, llama-server...)."""
+    try:
+        record = _catalog(options).add_upstream(
+            name=name, base_url=base_url, upstream_model=upstream_model,
+            capabilities=_capabilities(capabilities) or ("chat", "completion"),
+            context_length=context_length, license=license_, api_key_env=api_key_env,
+            replace=replace,
+        )  # fmt: skip
+    except IntramurosError as exc:
+        _fail(exc)
+        return
+    console.print(f"added upstream model [bold]{record.name}[/] -> {base_url}", highlight=False)
+
+
+@models.command("remove")
+@click.argument("name")
+@settings_options(*_STATE_FIELDS)
+def models_remove(name: str, **options: Any) -> None:
+    """Forget a model you added (its file stays where it is)."""
+    try:
+        catalog = _catalog(options)
+        if catalog.get(name).bundled:
+            err_console.print(f"[bold red]error:[/] '{name}' is bundled; uninstall its package.")
+            sys.exit(1)
+        catalog.remove(name)
+    except IntramurosError as exc:
+        _fail(exc)
+        return
+    console.print(f"removed {name}")
+
+
+@models.command("verify")
+@click.argument("names", nargs=-1)
+@settings_options(*_STATE_FIELDS)
+def models_verify(names: tuple[str, ...], **options: Any) -> None:
+    """Re-hash every model's files against the catalogue. Exit 1 on any mismatch."""
+    try:
+        results = _catalog(options).verify_all()
+    except IntramurosError as exc:
+        _fail(exc)
+        return
+    if names:
+        unknown = set(names) - {r.name for r in results}
+        if unknown:
+            err_console.print(f"[bold red]error:[/] unknown model(s): {', '.join(sorted(unknown))}")
+            sys.exit(1)
+        results = [r for r in results if r.name in names]
+    table = Table(title="model verification")
+    for col in ("name", "result", "detail", "expected sha256", "actual sha256"):
+        table.add_column(col, overflow="fold")
+    for r in results:
+        table.add_row(r.name, "[green]ok[/]" if r.ok else "[bold red]FAILED[/]", r.detail,
+                      r.expected or "-", r.actual or "-")  # fmt: skip
+    console.print(table)
+    if not all(r.ok for r in results):
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

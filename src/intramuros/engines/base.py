@@ -1,0 +1,265 @@
+"""The engine interface: the one small contract every inference backend fulfils.
+
+An engine runs one model. It is built from a catalogue record (see
+``intramuros.catalog.records.ModelRecord``) by its plug-in class, and is then
+driven by the serving layer from worker threads: every method here is
+*synchronous* and may block. The serving layer guarantees that no more than
+``max_concurrency`` calls run on one engine at once, in arrival order.
+
+Engines know nothing of HTTP, tenants or billing: they take plain dataclasses
+and yield plain dataclasses. Errors they raise must come from
+``intramuros.errors`` (``EngineError``/``EngineUnavailable`` for their own
+failures, ``InvalidRequest`` for a request they cannot honour).
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from intramuros.catalog.records import ModelRecord
+    from intramuros.settings import Settings
+
+FinishReason = Literal["stop", "length", "tool_calls", "cancelled"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Decoding settings shared by chat and text completion."""
+
+    # None: as many as fit in the context window after the prompt.
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # None: no log-probabilities; k >= 0: the sampled token's logprob plus the top k.
+    logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A function the model may call: name, description and JSON schema of its arguments."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ChatParams:
+    """A chat request as an engine sees it.
+
+    ``tool_choice`` is normalised by the API layer: ``"none"``, ``"auto"``,
+    ``"required"`` (Mistral's ``"any"``) or the name of one tool.
+    ``response_format`` is ``None``, ``{"type": "json_object"}`` or
+    ``{"type": "json_schema", "schema": {...}}``.
+    """
+
+    messages: Sequence[dict[str, Any]]
+    sampling: SamplingParams
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str = "auto"
+    response_format: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class CompletionParams:
+    """A text-completion request: a prompt as text or as token ids."""
+
+    prompt: str | Sequence[int]
+    sampling: SamplingParams
+    echo: bool = False
+    suffix: str | None = None
+    response_format: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    """One candidate token and its log-probability."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """The sampled token, its log-probability and the best alternatives."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the model made to one of the given tools; ``arguments`` is a JSON string."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass
+class Delta:
+    """One step of a generation stream.
+
+    Text arrives in ``text``; the last delta of a stream carries
+    ``finish_reason`` and ``usage`` (and ``tool_calls`` when the model called
+    tools; tool calls are only ever reported whole, on the last delta).
+    """
+
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one call."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt plus completion tokens."""
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Generation:
+    """A whole generation, as returned by :meth:`Engine.generate`."""
+
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    """Vectors (one per input, in input order) and the tokens they consumed."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+class Engine(abc.ABC):
+    """Base class of every engine plug-in.
+
+    Subclasses set ``name`` (the plug-in name used in the catalogue and in the
+    ``intramuros.engines`` entry-point group) and implement the abstract
+    methods; capabilities they lack keep the default, which raises
+    ``ModelCapabilityError``.
+
+    ``max_concurrency`` is how many calls the serving layer lets run at once
+    on one engine instance (1 for an in-process model; more for an upstream
+    server that batches).
+    """
+
+    name: ClassVar[str]
+    max_concurrency: ClassVar[int] = 1
+    # False for engines that cannot count tokens locally (an upstream server):
+    # the serving layer then leaves context-window checks to the engine.
+    counts_tokens: ClassVar[bool] = True
+
+    def __init__(self, record: ModelRecord, settings: Settings) -> None:
+        self.record = record
+        self.settings = settings
+
+    # -- lifecycle -------------------------------------------------------
+
+    @abc.abstractmethod
+    def load(self) -> None:
+        """Load the model (verify, map weights, connect). Called once, before any call."""
+
+    def health(self) -> bool:
+        """True when the engine can take requests now."""
+        return True
+
+    def close(self) -> None:  # noqa: B027 - optional hook, default does nothing
+        """Release the model's resources. Called once at shutdown or unload."""
+
+    # -- tokens ----------------------------------------------------------
+
+    @property
+    def context_length(self) -> int:
+        """The context window in tokens."""
+        return self.record.context_length
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` takes in this model (used for context-window checks)."""
+        raise self._unsupported("tokenize")
+
+    def count_chat_tokens(self, params: ChatParams) -> int:
+        """Tokens the rendered chat prompt takes (messages, tools, format instructions)."""
+        raise self._unsupported("chat")
+
+    # -- generation ------------------------------------------------------
+
+    def stream_chat(self, params: ChatParams, cancel: threading.Event) -> Iterator[Delta]:
+        """Yield the deltas of a chat completion; stop early once ``cancel`` is set."""
+        raise self._unsupported("chat")
+
+    def stream_completion(
+        self, params: CompletionParams, cancel: threading.Event
+    ) -> Iterator[Delta]:
+        """Yield the deltas of a text completion; stop early once ``cancel`` is set."""
+        raise self._unsupported("completion")
+
+    def generate_chat(self, params: ChatParams, cancel: threading.Event) -> Generation:
+        """A whole chat completion (the stream, gathered)."""
+        return gather(self.stream_chat(params, cancel))
+
+    def generate_completion(
+        self, params: CompletionParams, cancel: threading.Event
+    ) -> Generation:
+        """A whole text completion (the stream, gathered)."""
+        return gather(self.stream_completion(params, cancel))
+
+    def embed(self, inputs: Sequence[str | Sequence[int]]) -> EmbeddingResult:
+        """Embed each input (text, or token ids of this model's tokenizer)."""
+        raise self._unsupported("embeddings")
+
+    def _unsupported(self, what: str) -> Exception:
+        from intramuros.errors import ModelCapabilityError
+
+        return ModelCapabilityError(
+            f"Model '{self.record.name}' does not support {what}.", param="model"
+        )
+
+
+def gather(deltas: Iterator[Delta]) -> Generation:
+    """Collect a delta stream into one :class:`Generation`."""
+    text: list[str] = []
+    logprobs: list[TokenLogprob] = []
+    tool_calls: list[ToolCall] = []
+    finish: FinishReason = "stop"
+    usage = Usage(0, 0)
+    for delta in deltas:
+        text.append(delta.text)
+        logprobs.extend(delta.logprobs)
+        tool_calls.extend(delta.tool_calls)
+        if delta.finish_reason is not None:
+            finish = delta.finish_reason
+        if delta.usage is not None:
+            usage = delta.usage
+    return Generation(
+        text="".join(text),
+        finish_reason=finish,
+        usage=usage,
+        logprobs=logprobs,
+        tool_calls=tool_calls,
+    )

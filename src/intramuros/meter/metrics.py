@@ -1,0 +1,70 @@
+"""Prometheus metrics of one server (a registry per app, so tests stay apart)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """The counters, histograms and gauges the gateway exports on ``/metrics``."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "intramuros_requests",
+            "Requests by route, model and HTTP status.",
+            ["route", "model", "status"],
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "intramuros_tokens",
+            "Tokens processed, by model and direction (prompt or completion).",
+            ["model", "direction"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "intramuros_request_latency_seconds",
+            "Time from request to last byte, by route and model.",
+            ["route", "model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "intramuros_time_to_first_token_seconds",
+            "Time from request to the first generated token, by model.",
+            ["model"],
+            buckets=_TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "intramuros_queue_wait_seconds",
+            "Time a request waited for its model, by model.",
+            ["model"],
+            buckets=_TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "intramuros_queue_depth",
+            "Requests waiting for a model now.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.models_loaded = Gauge(
+            "intramuros_models_loaded", "Models loaded now.", registry=self.registry
+        )
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return bytes(generate_latest(self.registry))

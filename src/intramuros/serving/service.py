@@ -1,0 +1,511 @@
+"""The inference service: built once at start-up, it serves every model call.
+
+Routes hand it wire requests; it validates them against the model, queues
+them on the model's lane, runs the engine, meters the call (tokens, queue
+wait, time to first token, latency), writes the request log, and returns
+wire responses (or, for streams, an async iterator of wire chunks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from intramuros.api import protocol as p
+from intramuros.catalog.catalog import Catalog
+from intramuros.catalog.records import ModelRecord
+from intramuros.engines.base import Delta, Engine, Generation, TokenLogprob
+from intramuros.errors import (
+    ContextLengthExceeded,
+    IntramurosError,
+    InvalidRequest,
+)
+from intramuros.meter.metrics import Metrics
+from intramuros.serving import convert
+from intramuros.serving.pool import LoadedModel, ModelPool
+from intramuros.settings import Settings
+from intramuros.store.db import Database
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT = "intramuros-0.1"
+
+
+@dataclass
+class CallMeter:
+    """Timings and counts of one call, filled in as it runs."""
+
+    route: str
+    model: str
+    started: float = field(default_factory=time.perf_counter)
+    queued_until: float | None = None
+    first_token: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    status: int = 200
+    error_code: str | None = None
+    weights_sha256: str | None = None
+    request_id: str = field(default_factory=lambda: secrets.token_hex(12))
+
+    def mark_first(self) -> None:
+        """Note the first generated output."""
+        if self.first_token is None:
+            self.first_token = time.perf_counter()
+
+
+class InferenceService:
+    """Everything between the HTTP routes and the engines."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = Database(settings.resolved_database_url())
+        self.catalog = Catalog(self.db, settings)
+        self.metrics = Metrics()
+        self.pool = ModelPool(self.catalog, settings, self.metrics)
+        self.ready = False
+        self.preload_error: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Migrate the database, register bundled models, preload the configured ones."""
+        await asyncio.to_thread(self.db.migrate)
+        await asyncio.to_thread(self.catalog.sync_bundled)
+        for name in self.settings.preload_models:
+            try:
+                await self.pool.get(name)
+            except IntramurosError as exc:
+                # Keep serving other models; /readyz reports the failure.
+                self.preload_error = f"{name}: {exc.message}"
+                log.error("could not preload %s: %s", name, exc.message)
+        self.ready = self.preload_error is None
+
+    async def close(self) -> None:
+        """Unload models and close the database."""
+        await self.pool.close()
+        self.db.close()
+
+    # -- models --------------------------------------------------------------
+
+    def model_card(self, record: ModelRecord) -> p.ModelCard:
+        """A record in ``/v1/models`` shape, provenance under ``intramuros``."""
+        info = record.model_dump(mode="json", exclude={"name", "created", "options", "path"})
+        info["loaded"] = record.name in self.pool.loaded()
+        if record.engine == "openai-upstream":
+            info["upstream"] = {"base_url": record.options.get("base_url")}
+        return p.ModelCard(
+            id=record.name, created=record.created, owned_by="intramuros", intramuros=info
+        )
+
+    def list_models(self) -> p.ModelList:
+        """Every model in the catalogue."""
+        return p.ModelList(data=[self.model_card(r) for r in self.catalog.list()])
+
+    # -- chat ----------------------------------------------------------------
+
+    async def chat(
+        self, req: p.ChatCompletionRequest
+    ) -> p.ChatCompletionResponse | AsyncIterator[p.ChatCompletionChunk]:
+        """A chat completion, whole or as a stream of chunks."""
+        meter = CallMeter("/v1/chat/completions", req.model)
+        try:
+            model = await self.pool.get(req.model)
+            params = convert.chat_params(req, model.record)
+            meter.weights_sha256 = model.record.sha256
+            engine = model.engine
+            self._check_context(engine, lambda: engine.count_chat_tokens(params),
+                                params.sampling.max_tokens, "messages", model)  # fmt: skip
+            deltas = await self._open_stream(
+                model, meter, lambda cancel: engine.stream_chat(params, cancel)
+            )
+        except IntramurosError as exc:
+            self._finish(meter, exc)
+            raise
+        ident = "chatcmpl-" + secrets.token_hex(12)
+        created = int(time.time())
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return self._chat_chunks(deltas, meter, ident, created, req.model, include_usage)
+        gen = await self._gather(deltas, meter)
+        message = p.ChatMessageOut(content=gen.text if not gen.tool_calls else (gen.text or None))
+        if gen.tool_calls:
+            message.tool_calls = [
+                p.ToolCallOut(id=c.id, function=p.FunctionCallOut(name=c.name,
+                                                                  arguments=c.arguments))
+                for c in gen.tool_calls
+            ]  # fmt: skip
+        choice = p.ChatChoice(
+            index=0,
+            message=message,
+            logprobs=_chat_logprobs(gen.logprobs) if params.sampling.logprobs is not None else None,
+            finish_reason=gen.finish_reason,
+        )
+        return p.ChatCompletionResponse(
+            id=ident, created=created, model=req.model, system_fingerprint=FINGERPRINT,
+            choices=[choice], usage=_usage(gen),
+        )  # fmt: skip
+
+    async def _chat_chunks(
+        self,
+        deltas: AsyncIterator[Delta],
+        meter: CallMeter,
+        ident: str,
+        created: int,
+        model: str,
+        include_usage: bool,
+    ) -> AsyncIterator[p.ChatCompletionChunk]:
+        def chunk(delta: p.ChatDelta, finish: str | None = None,
+                  logprobs: list[TokenLogprob] | None = None) -> p.ChatCompletionChunk:  # fmt: skip
+            return p.ChatCompletionChunk(
+                id=ident, created=created, model=model, system_fingerprint=FINGERPRINT,
+                choices=[p.ChatChunkChoice(
+                    index=0, delta=delta, finish_reason=finish,
+                    logprobs=_chat_logprobs(logprobs) if logprobs else None,
+                )],
+                usage=None,
+            )  # fmt: skip
+
+        yield chunk(p.ChatDelta(role="assistant", content=""))
+        async with aclosing(self._metered(deltas, meter)) as metered:
+            async for delta in metered:
+                if delta.text or delta.logprobs:
+                    yield chunk(p.ChatDelta(content=delta.text), logprobs=delta.logprobs)
+                if delta.tool_calls:
+                    yield chunk(p.ChatDelta(tool_calls=[
+                    p.ToolCallDelta(index=i, id=c.id, type="function",
+                                    function=p.FunctionCallDelta(name=c.name,
+                                                                 arguments=c.arguments))
+                    for i, c in enumerate(delta.tool_calls)
+                ]))  # fmt: skip
+                if delta.finish_reason is not None:
+                    yield chunk(p.ChatDelta(), finish=delta.finish_reason)
+        if include_usage:
+            yield p.ChatCompletionChunk(
+                id=ident, created=created, model=model, system_fingerprint=FINGERPRINT,
+                choices=[], usage=_usage_of(meter),
+            )  # fmt: skip
+
+    # -- completions ---------------------------------------------------------
+
+    async def completion(
+        self, req: p.CompletionRequest
+    ) -> p.CompletionResponse | AsyncIterator[p.CompletionResponse]:
+        """A text completion (one choice per prompt), whole or streamed."""
+        meter = CallMeter("/v1/completions", req.model)
+        try:
+            model = await self.pool.get(req.model)
+            meter.weights_sha256 = model.record.sha256
+            prompts = convert.completion_prompts(req)
+            all_params = [convert.completion_params(req, model.record, pr) for pr in prompts]
+            engine = model.engine
+            for params in all_params:
+                prompt = params.prompt
+                counter: Callable[[], int] = (
+                    (lambda pr=prompt: engine.count_tokens(pr)) if isinstance(prompt, str)
+                    else (lambda pr=prompt: len(pr))
+                )  # fmt: skip
+                self._check_context(engine, counter, params.sampling.max_tokens, "prompt", model)
+            first = await self._open_stream(
+                model, meter, lambda cancel: engine.stream_completion(all_params[0], cancel)
+            )
+        except IntramurosError as exc:
+            self._finish(meter, exc)
+            raise
+        ident = "cmpl-" + secrets.token_hex(12)
+        created = int(time.time())
+
+        async def streams() -> AsyncIterator[tuple[int, AsyncIterator[Delta]]]:
+            yield 0, first
+            for i, params in enumerate(all_params[1:], start=1):
+                yield (
+                    i,
+                    await self._open_stream(
+                        model, meter, lambda cancel, pr=params: engine.stream_completion(pr, cancel)
+                    ),
+                )
+
+        want_logprobs = req.logprobs is not None
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return self._completion_chunks(streams(), meter, ident, created, req.model,
+                                           want_logprobs, include_usage)  # fmt: skip
+        choices: list[p.CompletionChoice] = []
+        async for index, deltas in streams():
+            gen = await self._gather(deltas, meter, finish=index == len(all_params) - 1)
+            choices.append(p.CompletionChoice(
+                index=index, text=gen.text, finish_reason=gen.finish_reason,
+                logprobs=_completion_logprobs(gen.logprobs) if want_logprobs else None,
+            ))  # fmt: skip
+        return p.CompletionResponse(
+            id=ident, created=created, model=req.model, system_fingerprint=FINGERPRINT,
+            choices=choices, usage=_usage_of(meter),
+        )  # fmt: skip
+
+    async def _completion_chunks(
+        self,
+        streams: AsyncIterator[tuple[int, AsyncIterator[Delta]]],
+        meter: CallMeter,
+        ident: str,
+        created: int,
+        model: str,
+        want_logprobs: bool,
+        include_usage: bool,
+    ) -> AsyncIterator[p.CompletionResponse]:
+        try:
+            async for index, deltas in streams:
+                async with aclosing(self._metered(deltas, meter, finish=False)) as metered:
+                    async for delta in metered:
+                        if delta.text or delta.finish_reason or delta.logprobs:
+                            yield p.CompletionResponse(
+                            id=ident, created=created, model=model,
+                            system_fingerprint=FINGERPRINT,
+                            choices=[p.CompletionChoice(
+                                index=index, text=delta.text, finish_reason=delta.finish_reason,
+                                logprobs=(_completion_logprobs(delta.logprobs)
+                                          if want_logprobs else None),
+                            )],
+                        )  # fmt: skip
+        except IntramurosError as exc:
+            self._finish(meter, exc)
+            raise
+        except BaseException as exc:
+            meter.status = 499
+            self._finish(meter, exc)
+            raise
+        self._finish(meter)
+        if include_usage:
+            yield p.CompletionResponse(id=ident, created=created, model=model, choices=[],
+                                       usage=_usage_of(meter))  # fmt: skip
+
+    # -- embeddings ------------------------------------------------------------
+
+    async def embeddings(self, req: p.EmbeddingRequest) -> p.EmbeddingResponse:
+        """Vectors for each input, as floats or base64 of little-endian float32."""
+        meter = CallMeter("/v1/embeddings", req.model)
+        try:
+            model = await self.pool.get(req.model)
+            meter.weights_sha256 = model.record.sha256
+            convert.require(model.record, "embeddings", "embeddings")
+            inputs = convert.embedding_inputs(req, self.settings.max_embedding_inputs)
+            engine = model.engine
+            if engine.counts_tokens:
+                limit = engine.context_length
+                for i, item in enumerate(inputs):
+                    n = engine.count_tokens(item) if isinstance(item, str) else len(item)
+                    if n > limit:
+                        raise ContextLengthExceeded(model=req.model, context_length=limit,
+                                                    prompt_tokens=n, max_tokens=0,
+                                                    param=f"input[{i}]")  # fmt: skip
+            result = await self._call(model, meter, lambda: engine.embed(inputs))
+        except IntramurosError as exc:
+            self._finish(meter, exc)
+            raise
+        dims = len(result.vectors[0]) if result.vectors else 0
+        if req.dimensions is not None and req.dimensions != dims:
+            exc = InvalidRequest(
+                f"Model '{req.model}' produces {dims}-dimensional vectors; it cannot "
+                f"produce {req.dimensions}.",
+                param="dimensions",
+            )
+            self._finish(meter, exc)
+            raise exc
+        meter.prompt_tokens = result.prompt_tokens
+        self._finish(meter)
+        data = [
+            p.EmbeddingData(index=i, embedding=(
+                base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode("ascii")
+                if req.encoding_format == "base64" else v
+            ))
+            for i, v in enumerate(result.vectors)
+        ]  # fmt: skip
+        return p.EmbeddingResponse(
+            data=data, model=req.model,
+            usage=p.EmbeddingUsage(prompt_tokens=result.prompt_tokens,
+                                   total_tokens=result.prompt_tokens),
+        )  # fmt: skip
+
+    # -- machinery -------------------------------------------------------------
+
+    def _check_context(
+        self,
+        engine: Engine,
+        count: Callable[[], int],
+        max_tokens: int | None,
+        param: str,
+        model: LoadedModel,
+    ) -> None:
+        """Refuse a prompt that cannot fit before it waits in the queue.
+
+        Counting runs on the event loop: tokenising is microseconds per
+        kilobyte and does not touch the model's decoding state.
+        """
+        if not engine.counts_tokens:
+            return
+        n_ctx = engine.context_length
+        prompt_tokens = count()
+        wanted = max_tokens if max_tokens is not None else 1
+        if prompt_tokens + wanted > n_ctx:
+            raise ContextLengthExceeded(model=model.record.name, context_length=n_ctx,
+                                        prompt_tokens=prompt_tokens, max_tokens=wanted,
+                                        param=param)  # fmt: skip
+
+    async def _open_stream(
+        self,
+        model: LoadedModel,
+        meter: CallMeter,
+        work: Callable[[Any], Iterator[Delta]],
+    ) -> AsyncIterator[Delta]:
+        """Start ``work`` on the model's lane and wait for its first delta.
+
+        Waiting for the first delta means errors found when the engine starts
+        (context too long, bad grammar) still become a proper HTTP status,
+        before any byte of a stream is sent.
+        """
+        stream = model.lane.stream(work)
+        try:
+            first = await stream.__anext__()
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            await stream.aclose()
+            raise
+        if meter.queued_until is None:
+            meter.queued_until = time.perf_counter()
+
+        async def rest() -> AsyncIterator[Delta]:
+            async with aclosing(stream):
+                if first is not None:
+                    yield first
+                async for delta in stream:
+                    yield delta
+
+        return rest()
+
+    async def _call(self, model: LoadedModel, meter: CallMeter, work: Callable[[], Any]) -> Any:
+        result = await model.lane.call(work)
+        meter.queued_until = meter.first_token = time.perf_counter()
+        return result
+
+    async def _metered(
+        self, deltas: AsyncIterator[Delta], meter: CallMeter, finish: bool = True
+    ) -> AsyncIterator[Delta]:
+        """Pass deltas through, noting first token and usage; log the call at the end."""
+        try:
+            async with aclosing(deltas):
+                async for delta in deltas:
+                    if delta.text or delta.tool_calls:
+                        meter.mark_first()
+                    if delta.usage is not None:
+                        meter.prompt_tokens += delta.usage.prompt_tokens
+                        meter.completion_tokens += delta.usage.completion_tokens
+                    yield delta
+        except IntramurosError as exc:
+            if finish:
+                self._finish(meter, exc)
+            raise
+        except BaseException as exc:
+            # The client went away (cancelled) or something unexpected broke.
+            if finish:
+                meter.status = (
+                    499 if isinstance(exc, GeneratorExit | asyncio.CancelledError) else 500
+                )
+                self._finish(meter, exc)
+            raise
+        if finish:
+            self._finish(meter)
+
+    async def _gather(
+        self, deltas: AsyncIterator[Delta], meter: CallMeter, finish: bool = True
+    ) -> Generation:
+        text: list[str] = []
+        gen = Generation(text="", finish_reason="stop", usage=_zero())
+        async with aclosing(self._metered(deltas, meter, finish=finish)) as metered:
+            async for delta in metered:
+                text.append(delta.text)
+                gen.logprobs.extend(delta.logprobs)
+                gen.tool_calls.extend(delta.tool_calls)
+                if delta.finish_reason is not None:
+                    gen.finish_reason = delta.finish_reason
+                if delta.usage is not None:
+                    gen.usage = delta.usage
+        gen.text = "".join(text)
+        return gen
+
+    def _finish(self, meter: CallMeter, exc: BaseException | None = None) -> None:
+        """Record the call in metrics and in the request log."""
+        if isinstance(exc, IntramurosError):
+            meter.status, meter.error_code = exc.status, exc.code
+        elif exc is not None:
+            meter.error_code = meter.error_code or type(exc).__name__
+        now = time.perf_counter()
+        m = self.metrics
+        m.requests.labels(meter.route, meter.model, str(meter.status)).inc()
+        m.latency.labels(meter.route, meter.model).observe(now - meter.started)
+        m.tokens.labels(meter.model, "prompt").inc(meter.prompt_tokens)
+        m.tokens.labels(meter.model, "completion").inc(meter.completion_tokens)
+        if meter.first_token is not None:
+            m.ttft.labels(meter.model).observe(meter.first_token - meter.started)
+        if meter.queued_until is not None:
+            m.queue_wait.labels(meter.model).observe(meter.queued_until - meter.started)
+        try:
+            self.db.log_request(
+                request_id=meter.request_id, ts=time.time(), route=meter.route,
+                model=meter.model, status=meter.status, error_code=meter.error_code,
+                prompt_tokens=meter.prompt_tokens, completion_tokens=meter.completion_tokens,
+                latency_ms=(now - meter.started) * 1000,
+                ttft_ms=((meter.first_token - meter.started) * 1000
+                         if meter.first_token is not None else None),
+                weights_sha256=meter.weights_sha256,
+            )  # fmt: skip
+        except IntramurosError as err:  # the answer matters more than its log line
+            log.error("could not write request log: %s", err.message)
+
+
+def _zero() -> Any:
+    from intramuros.engines.base import Usage
+
+    return Usage(0, 0)
+
+
+def _usage(gen: Generation) -> p.UsageOut:
+    return p.UsageOut(prompt_tokens=gen.usage.prompt_tokens,
+                      completion_tokens=gen.usage.completion_tokens,
+                      total_tokens=gen.usage.total_tokens)  # fmt: skip
+
+
+def _usage_of(meter: CallMeter) -> p.UsageOut:
+    return p.UsageOut(prompt_tokens=meter.prompt_tokens,
+                      completion_tokens=meter.completion_tokens,
+                      total_tokens=meter.prompt_tokens + meter.completion_tokens)  # fmt: skip
+
+
+def _chat_logprobs(items: list[TokenLogprob] | None) -> p.ChoiceLogprobs:
+    return p.ChoiceLogprobs(content=[
+        p.TokenLogprobOut(token=t.token, logprob=t.logprob, bytes=t.bytes, top_logprobs=[
+            p.TopLogprobOut(token=a.token, logprob=a.logprob, bytes=a.bytes) for a in t.top
+        ])
+        for t in items or []
+    ])  # fmt: skip
+
+
+def _completion_logprobs(items: list[TokenLogprob]) -> p.CompletionLogprobs:
+    offsets: list[int] = []
+    pos = 0
+    for t in items:
+        offsets.append(pos)
+        pos += len(t.token)
+    return p.CompletionLogprobs(
+        tokens=[t.token for t in items],
+        token_logprobs=[t.logprob for t in items],
+        top_logprobs=[{a.token: a.logprob for a in t.top} for t in items],
+        text_offset=offsets,
+    )
