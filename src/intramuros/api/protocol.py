@@ -197,6 +197,12 @@ class ChatCompletionRequest(_Request):
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     safe_prompt: bool = False
+    top_k: int | None = Field(default=None, ge=0)
+    min_tokens: int | None = Field(default=None, ge=0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0)
+    prompt_logprobs: bool | None = None
+    top_prompt_logprobs: int | None = None
+    guardrails: list[dict[str, Any]] | None = None
     user: str | None = None
     metadata: dict[str, Any] | None = None
     store: bool | None = None
@@ -406,8 +412,10 @@ class EmbeddingRequest(_Request):
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
+    output_dimension: int | None = Field(default=None, ge=1)
     user: str | None = None
-    output_dtype: Literal["float"] | None = None
+    metadata: dict[str, Any] | None = None
+    output_dtype: str | None = None
 
 
 class EmbeddingData(_Wire):

@@ -39,6 +39,9 @@ class SamplingParams:
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    # None: the engine's default; 0 disables top-k filtering.
+    top_k: int | None = None
     # None: no log-probabilities; k >= 0: the sampled token's logprob plus the top k.
     logprobs: int | None = None
 

@@ -268,11 +268,11 @@ class LlamaCppEngine(Engine):
         try:
             stream = llm.generate(
                 tokens,
-                top_k=_TOP_K,
+                top_k=_TOP_K if sampling.top_k is None else sampling.top_k,
                 top_p=sampling.top_p,
                 min_p=_MIN_P,
                 temp=sampling.temperature,
-                repeat_penalty=1.0,
+                repeat_penalty=sampling.repetition_penalty,
                 presence_penalty=sampling.presence_penalty,
                 frequency_penalty=sampling.frequency_penalty,
                 logits_processor=[capture] if capture else None,

@@ -91,6 +91,14 @@ def chat_params(req: p.ChatCompletionRequest, record: ModelRecord) -> ChatParams
         raise InvalidRequest("Only the text modality is supported.", param="modalities")
     if req.top_logprobs is not None and not req.logprobs:
         raise InvalidRequest("top_logprobs requires logprobs to be true.", param="top_logprobs")
+    if req.min_tokens:
+        raise InvalidRequest("min_tokens is not supported.", param="min_tokens")
+    if req.prompt_logprobs or req.top_prompt_logprobs:
+        raise InvalidRequest("Prompt log-probabilities are not supported.",
+                             param="prompt_logprobs")  # fmt: skip
+    if req.guardrails:
+        raise InvalidRequest("Mistral guardrails are not supported; use the gateway's policies.",
+                             param="guardrails")  # fmt: skip
     for i, msg in enumerate(req.messages):
         if isinstance(msg, p.AssistantMessage) and msg.prefix:
             raise InvalidRequest(
@@ -141,6 +149,8 @@ def chat_params(req: p.ChatCompletionRequest, record: ModelRecord) -> ChatParams
         seed=req.seed if req.seed is not None else req.random_seed,
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
+        repetition_penalty=req.repetition_penalty or 1.0,
+        top_k=req.top_k,
         logprobs=(req.top_logprobs or 0) if req.logprobs else None,
     )
     return ChatParams(
@@ -195,6 +205,8 @@ def completion_params(
 
 def embedding_inputs(req: p.EmbeddingRequest, limit: int) -> list[str | list[int]]:
     """The inputs of an embeddings request, one per vector."""
+    if req.output_dtype not in (None, "float"):
+        raise InvalidRequest("Only float embeddings are supported.", param="output_dtype")
     raw = req.input
     items: list[str | list[int]]
     if isinstance(raw, str):

@@ -310,11 +310,12 @@ class InferenceService:
             self._finish(meter, exc)
             raise
         dims = len(result.vectors[0]) if result.vectors else 0
-        if req.dimensions is not None and req.dimensions != dims:
+        wanted = req.dimensions if req.dimensions is not None else req.output_dimension
+        if wanted is not None and wanted != dims:
             exc = InvalidRequest(
                 f"Model '{req.model}' produces {dims}-dimensional vectors; it cannot "
-                f"produce {req.dimensions}.",
-                param="dimensions",
+                f"produce {wanted}.",
+                param="dimensions" if req.dimensions is not None else "output_dimension",
             )
             self._finish(meter, exc)
             raise exc

@@ -1,0 +1,128 @@
+"""Shared fixtures: a real `intramuros serve` process on a loopback port.
+
+The server runs as its own process (real HTTP, real llama.cpp, real SQLite),
+exactly as an operator starts it; tests talk to it with the official
+``openai`` client or httpx.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+CHAT_MODEL = "smollm2-135m-instruct"
+EMBED_MODEL = "all-minilm-l6-v2"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A running server process and how to reach it."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    data_dir: Path
+    log: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_server(
+    data_dir: Path,
+    *extra: str,
+    prefix: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    wait_ready: bool = True,
+) -> Server:
+    """Start `intramuros serve` and wait until /readyz answers 200 (bounded)."""
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / f"server-{port}.log"
+    cmd = [
+        *(prefix or []),
+        sys.executable, "-m", "intramuros.cli", "serve",
+        "--port", str(port), "--data-dir", str(data_dir), "--n-threads", "2", *extra,
+    ]  # fmt: skip
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("INTRAMUROS_CONFIG", None)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env)
+    server = Server(proc, port, data_dir, log)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}:\n{server.log_text()}")
+        try:
+            r = httpx.get(f"{server.base_url}/readyz" if wait_ready else f"{server.base_url}/healthz",
+                          timeout=2)  # fmt: skip
+            if r.status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    stop_server(server)
+    raise RuntimeError(f"server not ready in time:\n{server.log_text()}")
+
+
+def stop_server(server: Server) -> None:
+    """Terminate the process (bounded wait, then kill)."""
+    if server.proc.poll() is None:
+        server.proc.terminate()
+        try:
+            server.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The shared server: chat and embedding models preloaded."""
+    srv = start_server(
+        tmp_path_factory.mktemp("server"),
+        "--preload-models", f"{CHAT_MODEL},{EMBED_MODEL}",
+        "--max-body-bytes", str(1024 * 1024),
+    )  # fmt: skip
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="session")
+def base_url(server: Server) -> str:
+    return server.base_url
+
+
+@pytest.fixture()
+def http(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.base_url, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture()
+def oai(server: Server):  # type: ignore[no-untyped-def]
+    import openai
+
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0,
+                           timeout=120)  # fmt: skip
+    yield client
+    client.close()

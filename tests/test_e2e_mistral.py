@@ -1,0 +1,103 @@
+"""End to end: the official `mistralai` client, with Mistral's own spellings."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jsonschema
+import pytest
+
+from tests.conftest import CHAT_MODEL, EMBED_MODEL, Server
+
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "convert_currency",
+        "description": "Convert an amount between currencies.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "amount": {"type": "number"},
+                "from_currency": {"type": "string", "enum": ["EUR", "USD", "CHF"]},
+                "to_currency": {"type": "string", "enum": ["EUR", "USD", "CHF"]},
+            },
+            "required": ["amount", "from_currency", "to_currency"],
+        },
+    },
+}
+
+
+@pytest.fixture()
+def mistral(server: Server):  # type: ignore[no-untyped-def]
+    from mistralai.client import Mistral
+
+    client = Mistral(api_key="unused", server_url=server.base_url)
+    yield client
+
+
+def test_mistral_chat_random_seed(mistral) -> None:  # type: ignore[no-untyped-def]
+    def run() -> str:
+        r = mistral.chat.complete(
+            model=CHAT_MODEL, messages=[{"role": "user", "content": "Name a fruit."}],
+            max_tokens=10, temperature=0.9, random_seed=42,
+        )  # fmt: skip
+        return str(r.choices[0].message.content)
+
+    first = run()
+    assert first and first == run()
+
+
+def test_mistral_safe_prompt_is_applied(mistral, http) -> None:  # type: ignore[no-untyped-def]
+    plain = mistral.chat.complete(model=CHAT_MODEL, max_tokens=4,
+                                  messages=[{"role": "user", "content": "Hello"}])  # fmt: skip
+    safe = mistral.chat.complete(model=CHAT_MODEL, max_tokens=4, safe_prompt=True,
+                                 messages=[{"role": "user", "content": "Hello"}])  # fmt: skip
+    # the guardrail system prompt is really in the prompt: it costs tokens
+    assert safe.usage.prompt_tokens > plain.usage.prompt_tokens + 20
+
+
+def test_mistral_tool_choice_any(mistral) -> None:  # type: ignore[no-untyped-def]
+    r = mistral.chat.complete(
+        model=CHAT_MODEL,
+        messages=[{"role": "user", "content": "How much is 100 EUR in CHF?"}],
+        tools=[TOOL], tool_choice="any", max_tokens=80,
+    )  # fmt: skip
+    calls = r.choices[0].message.tool_calls
+    assert r.choices[0].finish_reason == "tool_calls"
+    assert calls and calls[0].function.name == "convert_currency"
+    args = calls[0].function.arguments
+    args = json.loads(args) if isinstance(args, str) else args
+    jsonschema.validate(args, TOOL["function"]["parameters"])  # type: ignore[index]
+
+
+def test_mistral_response_format_json_schema(mistral) -> None:  # type: ignore[no-untyped-def]
+    schema = {
+        "type": "object",
+        "properties": {"iban": {"type": "string", "maxLength": 34},
+                       "amount": {"type": "number"}},
+        "required": ["iban", "amount"],
+        "additionalProperties": False,
+    }  # fmt: skip
+    r = mistral.chat.complete(
+        model=CHAT_MODEL,
+        messages=[{"role": "user", "content": "Pay 12.50 to FR7630006000011234567890189."}],
+        response_format={"type": "json_schema",
+                         "json_schema": {"name": "payment", "schema": schema, "strict": True}},
+        max_tokens=80, temperature=0,
+    )  # fmt: skip
+    jsonschema.validate(json.loads(str(r.choices[0].message.content)), schema)
+
+
+def test_mistral_stream(mistral) -> None:  # type: ignore[no-untyped-def]
+    events = list(mistral.chat.stream(model=CHAT_MODEL, max_tokens=8,
+                                      messages=[{"role": "user", "content": "Hi"}]))  # fmt: skip
+    text = "".join(str(e.data.choices[0].delta.content or "") for e in events if e.data.choices)
+    assert text
+
+
+def test_mistral_embeddings(mistral) -> None:  # type: ignore[no-untyped-def]
+    r = mistral.embeddings.create(model=EMBED_MODEL, inputs=["bonjour", "hello"])
+    assert len(r.data) == 2 and len(r.data[0].embedding) == 384
+    norm = math.sqrt(sum(x * x for x in r.data[0].embedding))
+    assert math.isclose(norm, 1.0, rel_tol=1e-4)
