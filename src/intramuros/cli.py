@@ -265,13 +265,19 @@ def models_verify(names: tuple[str, ...], **options: Any) -> None:
             sys.exit(1)
         results = [r for r in results if r.name in names]
     table = Table(title="model verification")
-    for col in ("name", "result", "detail", "expected sha256", "actual sha256"):
+    for col in ("name", "result", "detail", "sha256"):
         table.add_column(col, overflow="fold")
     for r in results:
         table.add_row(r.name, "[green]ok[/]" if r.ok else "[bold red]FAILED[/]", r.detail,
-                      r.expected or "-", r.actual or "-")  # fmt: skip
+                      (r.actual or "-")[:16])  # fmt: skip
     console.print(table)
-    if not all(r.ok for r in results):
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        # Plain lines, never wrapped: hashes must be copyable whole.
+        click.echo(f"FAILED {r.name}: {r.detail}")
+        if r.expected or r.actual:
+            click.echo(f"  expected sha256 {r.expected}\n  actual   sha256 {r.actual}")
+    if failed:
         sys.exit(1)
 
 
