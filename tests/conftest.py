@@ -77,7 +77,7 @@ def start_server(
     cmd = [
         *(prefix or []),
         sys.executable, "-m", "intramuros.cli", "serve",
-        "--port", str(port), "--data-dir", str(data_dir), "--n-threads", "2", *extra,
+        "--port", str(port), "--data-dir", str(data_dir), *extra,
     ]  # fmt: skip
     full_env = {**os.environ, **(env or {})}
     full_env.pop("INTRAMUROS_CONFIG", None)

@@ -8,6 +8,8 @@ import math
 import jsonschema
 import pytest
 
+from intramuros.serving.convert import MISTRAL_SAFE_PROMPT
+
 from tests.conftest import CHAT_MODEL, EMBED_MODEL, Server
 
 TOOL = {
@@ -48,13 +50,17 @@ def test_mistral_chat_random_seed(mistral) -> None:  # type: ignore[no-untyped-d
     assert first and first == run()
 
 
-def test_mistral_safe_prompt_is_applied(mistral, http) -> None:  # type: ignore[no-untyped-def]
+def test_mistral_safe_prompt_is_applied(mistral) -> None:  # type: ignore[no-untyped-def]
     plain = mistral.chat.complete(model=CHAT_MODEL, max_tokens=4,
                                   messages=[{"role": "user", "content": "Hello"}])  # fmt: skip
     safe = mistral.chat.complete(model=CHAT_MODEL, max_tokens=4, safe_prompt=True,
                                  messages=[{"role": "user", "content": "Hello"}])  # fmt: skip
-    # the guardrail system prompt is really in the prompt: it costs tokens
-    assert safe.usage.prompt_tokens > plain.usage.prompt_tokens + 20
+    explicit = mistral.chat.complete(model=CHAT_MODEL, max_tokens=4, messages=[
+        {"role": "system", "content": MISTRAL_SAFE_PROMPT},
+        {"role": "user", "content": "Hello"}])  # fmt: skip
+    # the guardrail prompt is really in the prompt, exactly as a system message
+    assert safe.usage.prompt_tokens == explicit.usage.prompt_tokens
+    assert safe.usage.prompt_tokens != plain.usage.prompt_tokens
 
 
 def test_mistral_tool_choice_any(mistral) -> None:  # type: ignore[no-untyped-def]

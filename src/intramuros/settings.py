@@ -70,7 +70,10 @@ class Settings(BaseSettings):
     n_threads: int | None = Field(
         default=None,
         ge=1,
-        description="CPU threads per llama.cpp model. Default: all cores.",
+        description=(
+            "CPU threads per llama.cpp model. Default: half the cores (llama.cpp's own "
+            "advice; all cores collapses under concurrent load, see benchmarks/RESULTS.md)."
+        ),
     )
     n_batch: int = Field(default=512, ge=1, description="llama.cpp prompt batch size.")
     queue_limit: int = Field(
@@ -132,6 +135,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'intramuros.db'}"
+
+    def llama_threads(self) -> int:
+        """Threads for llama.cpp: the setting, or half the cores (at least one)."""
+        return self.n_threads or max(1, (os.cpu_count() or 2) // 2)
 
     def models_dir(self) -> Path:
         """Where model files assembled from packages are kept."""

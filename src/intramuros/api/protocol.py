@@ -434,8 +434,9 @@ class EmbeddingUsage(_Wire):
 
 
 class EmbeddingResponse(_Wire):
-    """A list of vectors."""
+    """A list of vectors (``id`` is Mistral's; OpenAI clients ignore it)."""
 
+    id: str
     object: Literal["list"] = "list"
     data: list[EmbeddingData]
     model: str

@@ -101,7 +101,7 @@ class Catalog:
                 format=bundled.format,
                 path=str(path),
                 sha256=bundled.sha256,
-                size_bytes=path.stat().st_size,
+                size_bytes=self._bundled_size(bundled, path),
                 quantization=bundled.quantization,
                 architecture=bundled.architecture,
                 context_length=bundled.context_length,
@@ -121,21 +121,40 @@ class Catalog:
     def _bundled_path(self, bundled: BundledModel) -> Path | None:
         if bundled.assembled_name is None:
             return bundled.package_path()
-        target = self.settings.models_dir() / bundled.assembled_name
-        if not target.exists():
-            from importlib import import_module
+        # Chunked weights are joined on first load (see ensure_files), not here:
+        # start-up stays fast and nothing is copied for a model nobody uses.
+        return self.settings.models_dir() / bundled.assembled_name
 
+    def _bundled_size(self, bundled: BundledModel, path: Path) -> int | None:
+        if path.exists():
+            return path.stat().st_size
+        if bundled.assembled_name is None:
+            return None
+        from importlib import import_module
+
+        module = import_module(bundled.module)
+        try:
+            return sum(p.stat().st_size for p in module.chunk_paths())
+        except (ImportError, OSError):
+            return None
+
+    def ensure_files(self, record: ModelRecord) -> None:
+        """Assemble a bundled model's chunked weights into the data dir if not done yet."""
+        bundled = find_bundled(record.name)
+        path = record.weights_path()
+        if bundled is None or bundled.assembled_name is None or path is None or path.exists():
+            return
+        from importlib import import_module
+
+        try:
             module = import_module(bundled.module)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_suffix(".partial")
-            try:
-                module.assemble(partial, overwrite=True)
-            except (FileNotFoundError, ValueError) as exc:
-                partial.unlink(missing_ok=True)
-                log.error("cannot assemble %s: %s", bundled.name, exc)
-                return None
-            partial.replace(target)
-        return target
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".partial")
+            module.assemble(partial, overwrite=True)
+        except (ImportError, FileNotFoundError, ValueError) as exc:
+            log.error("cannot assemble %s: %s", bundled.name, exc)
+            raise ModelFileMissing(bundled.install_hint(), model=record.name) from None
+        partial.replace(path)
 
     # -- operators' own models ----------------------------------------------
 

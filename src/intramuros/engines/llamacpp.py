@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import codecs
 import logging
-import os
 import random
 import secrets
 import threading
@@ -78,7 +77,7 @@ class LlamaCppEngine(Engine):
         if path is None:
             raise EngineUnavailable(f"Model '{self.record.name}' has no weights file.")
         n_ctx = min(self.settings.n_ctx, self.record.context_length)
-        threads = self.settings.n_threads or os.cpu_count() or 1
+        threads = self.settings.llama_threads()
         try:
             self._llm = Llama(
                 model_path=str(path),

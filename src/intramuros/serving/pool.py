@@ -67,6 +67,7 @@ class ModelPool:
             return ready
 
     def _load(self, record: ModelRecord) -> LoadedModel:
+        self.catalog.ensure_files(record)
         self.catalog.verify_record(record)
         try:
             cls = engine_class(record.engine)

@@ -329,7 +329,7 @@ class InferenceService:
             for i, v in enumerate(result.vectors)
         ]  # fmt: skip
         return p.EmbeddingResponse(
-            data=data, model=req.model,
+            id="embd-" + secrets.token_hex(12), data=data, model=req.model,
             usage=p.EmbeddingUsage(prompt_tokens=result.prompt_tokens,
                                    total_tokens=result.prompt_tokens),
         )  # fmt: skip
