@@ -55,26 +55,36 @@ def machine() -> str:
         pass
     import llama_cpp
 
-    return (f"{cpu}, {os.cpu_count()} cores{mem}; Python {platform.python_version()}; "
-            f"llama-cpp-python {llama_cpp.__version__}; {platform.system()} {platform.release()}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores{mem}; Python {platform.python_version()}; "
+        f"llama-cpp-python {llama_cpp.__version__}; {platform.system()} {platform.release()}"
+    )
 
 
 def direct(max_tokens: int, runs: int) -> tuple[float, float]:
     """(decode tok/s, TTFT s) calling llama-cpp-python directly, streaming."""
     from llama_cpp import Llama
-
     from tests.conftest import bundled_file
 
-    llm = Llama(model_path=str(bundled_file(MODEL)), n_ctx=2048, n_threads=THREADS,
-                n_threads_batch=THREADS, n_batch=512, verbose=False)
+    llm = Llama(
+        model_path=str(bundled_file(MODEL)),
+        n_ctx=2048,
+        n_threads=THREADS,
+        n_threads_batch=THREADS,
+        n_batch=512,
+        verbose=False,
+    )
     rates, ttfts = [], []
     for i in range(runs + 1):
         t0 = time.perf_counter()
         first = None
         n = 0
         for chunk in llm.create_chat_completion(
-            messages=[{"role": "user", "content": PROMPT}], max_tokens=max_tokens,
-            temperature=0.0, stream=True, seed=i,
+            messages=[{"role": "user", "content": PROMPT}],
+            max_tokens=max_tokens,
+            temperature=0.0,
+            stream=True,
+            seed=i,
         ):
             if chunk["choices"][0]["delta"].get("content"):
                 n += 1
@@ -96,8 +106,13 @@ def stream_once(client, max_tokens: int, seed: int) -> tuple[int, float, float, 
     n = 0
     usage_tokens = 0
     for chunk in client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": PROMPT}], max_tokens=max_tokens,
-        temperature=0.0, stream=True, seed=seed, stream_options={"include_usage": True},
+        model=MODEL,
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=max_tokens,
+        temperature=0.0,
+        stream=True,
+        seed=seed,
+        stream_options={"include_usage": True},
     ):
         if chunk.usage is not None:
             usage_tokens = chunk.usage.completion_tokens
@@ -131,8 +146,7 @@ def concurrent(base_url: str, clients: int, max_tokens: int) -> tuple[float, flo
     lock = threading.Lock()
 
     def worker(seed: int) -> None:
-        client = openai.OpenAI(base_url=base_url + "/v1", api_key="x", max_retries=0,
-                               timeout=600)
+        client = openai.OpenAI(base_url=base_url + "/v1", api_key="x", max_retries=0, timeout=600)
         r = stream_once(client, max_tokens, seed)
         client.close()
         with lock:
@@ -161,9 +175,17 @@ def main() -> None:
     print("direct llama-cpp-python ...", flush=True)
     d_rate, d_ttft = direct(args.max_tokens, args.runs)
     with tempfile.TemporaryDirectory() as tmp:
-        srv = start_server(Path(tmp), "--preload-models", MODEL, "--queue-limit", "64",
-                           "--n-threads", str(THREADS),
-                           "--log-level", "warning")
+        srv = start_server(
+            Path(tmp),
+            "--preload-models",
+            MODEL,
+            "--queue-limit",
+            "64",
+            "--n-threads",
+            str(THREADS),
+            "--log-level",
+            "warning",
+        )
         try:
             print("gateway ...", flush=True)
             g_rate, g_ttft = gateway(srv.base_url, args.max_tokens, args.runs)
@@ -177,7 +199,9 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t1 = Table(title=f"{MODEL}: gateway vs direct ({args.max_tokens} tokens, median of {args.runs})")
+    t1 = Table(
+        title=f"{MODEL}: gateway vs direct ({args.max_tokens} tokens, median of {args.runs})"
+    )
     for col in ("path", "decode tok/s", "TTFT ms"):
         t1.add_column(col)
     t1.add_row("llama-cpp-python direct", f"{d_rate:.1f}", f"{d_ttft * 1000:.1f}")
@@ -193,11 +217,14 @@ def main() -> None:
     console.print(t2)
     if not args.no_record:
         text = console.export_text()
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
         with (ROOT / "benchmarks" / "RESULTS.md").open("a") as fh:
-            fh.write(f"\n## serving.py, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
-                     f"commit {commit or 'unknown'}\n\nMachine: {machine()}\n\n```\n{text}```\n")
+            fh.write(
+                f"\n## serving.py, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
+                f"commit {commit or 'unknown'}\n\nMachine: {machine()}\n\n```\n{text}```\n"
+            )
         print("appended to benchmarks/RESULTS.md")
 
 

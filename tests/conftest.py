@@ -89,8 +89,8 @@ def start_server(
         if proc.poll() is not None:
             raise RuntimeError(f"server exited {proc.returncode}:\n{server.log_text()}")
         try:
-            r = httpx.get(f"{server.base_url}/readyz" if wait_ready else f"{server.base_url}/healthz",
-                          timeout=2)  # fmt: skip
+            probe = "/readyz" if wait_ready else "/healthz"
+            r = httpx.get(server.base_url + probe, timeout=2)
             if r.status_code == 200:
                 return server
         except httpx.TransportError:

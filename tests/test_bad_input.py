@@ -169,13 +169,13 @@ CASES: dict[str, Case] = {
     "chat-messages-string": Case(CHAT, chat(messages="hello"), param="messages"),
     "chat-model-number": Case(CHAT, chat(model=42), param="model"),
     "chat-temperature-hot": Case(CHAT, chat(temperature="hot"), param="temperature"),
-    "chat-max-tokens-string": Case(CHAT, chat(max_tokens="10"), param="max_tokens"),
+    "chat-max-tokens-string": Case(CHAT, chat(max_tokens="4"), param="max_tokens"),
     "chat-stream-string": Case(CHAT, chat(stream="yes"), param="stream"),
     "chat-content-number": Case(
         CHAT, chat(messages=[{"role": "user", "content": 5}]), param="messages[0].content"
     ),
     "completions-max-tokens-string": Case(
-        COMPLETIONS, completion(max_tokens="10"), param="max_tokens"
+        COMPLETIONS, completion(max_tokens="4"), param="max_tokens"
     ),
     "completions-prompt-object": Case(COMPLETIONS, completion(prompt={"a": 1}), param="prompt"),
     "embeddings-input-number": Case(EMBEDDINGS, embedding(input=3.5), param="input"),

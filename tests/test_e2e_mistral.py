@@ -9,7 +9,6 @@ import jsonschema
 import pytest
 
 from intramuros.serving.convert import MISTRAL_SAFE_PROMPT
-
 from tests.conftest import CHAT_MODEL, EMBED_MODEL, Server
 
 TOOL = {

@@ -136,7 +136,9 @@ def test_chat_logprobs(oai: openai.OpenAI) -> None:
     assert "".join(i.token for i in content) == r.choices[0].message.content
 
 
-@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_time"}}])
+@pytest.mark.parametrize(
+    "choice", ["required", {"type": "function", "function": {"name": "get_time"}}]
+)
 def test_tool_call_forced_is_valid(oai: openai.OpenAI, choice: object) -> None:
     r = oai.chat.completions.create(
         model=CHAT_MODEL, messages=MESSAGES, tools=[WEATHER_TOOL, TIME_TOOL],  # type: ignore[list-item]
@@ -344,7 +346,9 @@ def test_health_metrics_openapi(http) -> None:  # type: ignore[no-untyped-def]
     assert 'intramuros_requests_total{model="smollm2-135m-instruct",' in metrics
     assert "intramuros_time_to_first_token_seconds_bucket" in metrics
     assert "intramuros_request_latency_seconds_bucket" in metrics
-    assert 'intramuros_tokens_total{direction="completion",model="smollm2-135m-instruct"}' in metrics
+    assert (
+        'intramuros_tokens_total{direction="completion",model="smollm2-135m-instruct"}' in metrics
+    )
     assert "intramuros_queue_depth" in metrics
     spec = http.get("/openapi.json").json()
     assert "/v1/chat/completions" in spec["paths"] and "/v1/embeddings" in spec["paths"]

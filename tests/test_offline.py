@@ -65,8 +65,9 @@ def test_full_session_opens_no_outside_socket(tmp_path: Path) -> None:
         client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="x", max_retries=0)
         client.chat.completions.create(model=CHAT_MODEL, max_tokens=8,
                                        messages=[{"role": "user", "content": "Hello"}])  # fmt: skip
+        hi = [{"role": "user", "content": "Hi"}]
         list(client.chat.completions.create(model=CHAT_MODEL, max_tokens=8, stream=True,
-                                            messages=[{"role": "user", "content": "Hi"}]))  # fmt: skip
+                                            messages=hi))  # type: ignore[arg-type]
         client.chat.completions.create(
             model=CHAT_MODEL, max_tokens=60, tool_choice="required",
             messages=[{"role": "user", "content": "Weather in Rome?"}],

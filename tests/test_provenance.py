@@ -67,8 +67,11 @@ def test_bundled_hashes_are_the_packages_files() -> None:
 
 
 def test_added_model_serves(prov_server: Server) -> None:
-    r = httpx.post(prov_server.base_url + "/v1/chat/completions", timeout=120, json={
-        "model": "my-good", "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]})
+    r = httpx.post(
+        prov_server.base_url + "/v1/chat/completions",
+        timeout=120,
+        json={"model": "my-good", "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]},
+    )
     assert r.status_code == 200, r.text
     card = httpx.get(prov_server.base_url + "/v1/models/my-good").json()
     assert card["intramuros"]["origin"]["kind"] == "file"
@@ -76,8 +79,15 @@ def test_added_model_serves(prov_server: Server) -> None:
 
 
 def test_tampered_model_is_refused(prov_server: Server) -> None:
-    r = httpx.post(prov_server.base_url + "/v1/chat/completions", timeout=120, json={
-        "model": "my-tampered", "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]})
+    r = httpx.post(
+        prov_server.base_url + "/v1/chat/completions",
+        timeout=120,
+        json={
+            "model": "my-tampered",
+            "max_tokens": 4,
+            "messages": [{"role": "user", "content": "Hi"}],
+        },
+    )
     assert r.status_code == 503
     err = r.json()["error"]
     assert err["code"] == "model_integrity_error"
@@ -86,11 +96,25 @@ def test_tampered_model_is_refused(prov_server: Server) -> None:
     log = prov_server.log_text()
     assert "tampered.gguf" in log and sha256_file(SMOL) in log
     # still refused the second time (never half-loaded), and others still serve
-    again = httpx.post(prov_server.base_url + "/v1/chat/completions", timeout=120, json={
-        "model": "my-tampered", "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]})
+    again = httpx.post(
+        prov_server.base_url + "/v1/chat/completions",
+        timeout=120,
+        json={
+            "model": "my-tampered",
+            "max_tokens": 4,
+            "messages": [{"role": "user", "content": "Hi"}],
+        },
+    )
     assert again.status_code == 503
-    ok = httpx.post(prov_server.base_url + "/v1/chat/completions", timeout=120, json={
-        "model": CHAT_MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]})
+    ok = httpx.post(
+        prov_server.base_url + "/v1/chat/completions",
+        timeout=120,
+        json={
+            "model": CHAT_MODEL,
+            "max_tokens": 4,
+            "messages": [{"role": "user", "content": "Hi"}],
+        },
+    )
     assert ok.status_code == 200
 
 

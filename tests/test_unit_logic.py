@@ -21,8 +21,11 @@ from intramuros.errors import ConfigError, InvalidRequest, QueueFull
 from intramuros.serving.scheduler import Lane
 from intramuros.settings import Settings, load_settings
 
-WEATHER = ToolSpec("weather", "Weather", {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
+WEATHER = ToolSpec(
+    "weather",
+    "Weather",
+    {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+)
 WITH_DEFS = ToolSpec("book", "Book a room", {
     "type": "object",
     "properties": {"guest": {"$ref": "#/$defs/person"}},
@@ -83,7 +86,8 @@ def test_normalise_messages() -> None:
     params = ChatParams(
         messages=[
             {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {"role": "user", "content": [{"type": "text", "text": "a"},
+                                         {"type": "text", "text": "b"}]},
             {"role": "assistant", "content": None, "tool_calls": [
                 {"id": "1", "function": {"name": "weather", "arguments": '{"city":"X"}'}}]},
             {"role": "tool", "tool_call_id": "1", "content": "sunny"},
@@ -149,8 +153,10 @@ def test_settings_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     with pytest.raises(ConfigError):
         load_settings(config=bad)
     assert Settings().host == "127.0.0.1" and Settings().port == 8000
-    assert str(Settings().data_dir).endswith(".local/share/intramuros") or "XDG_DATA_HOME" in \
-        __import__("os").environ
+    assert (
+        str(Settings().data_dir).endswith(".local/share/intramuros")
+        or "XDG_DATA_HOME" in __import__("os").environ
+    )
 
 
 def test_every_setting_is_described() -> None:
@@ -180,6 +186,7 @@ def test_lane_order_queue_limit_and_cancel() -> None:
                 release.wait(5)
                 order.append(name)
                 return name
+
             return run
 
         def counting(cancel: threading.Event) -> Iterator[int]:

@@ -155,7 +155,7 @@ def models() -> None:
 def models_list(as_json: bool, **options: Any) -> None:
     """Print the catalogue with each model's provenance."""
     try:
-        records = _catalog(options).list()
+        records = _catalog(options).records()
     except IntramurosError as exc:
         _fail(exc)
         return
@@ -181,10 +181,17 @@ def models_list(as_json: bool, **options: Any) -> None:
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--name", required=True, help="Model id clients will use.")
 @click.option("--license", "license_", default="unknown", help="Licence of the weights.")
-@click.option("--capabilities", default=None,
-              help=f"Comma-separated, of: {', '.join(ALL_CAPABILITIES)}. Default: from the file.")
-@click.option("--context-length", type=click.IntRange(min=16), default=None,
-              help="Context window to record. Default: from the file.")
+@click.option(
+    "--capabilities",
+    default=None,
+    help=f"Comma-separated, of: {', '.join(ALL_CAPABILITIES)}. Default: from the file.",
+)
+@click.option(
+    "--context-length",
+    type=click.IntRange(min=16),
+    default=None,
+    help="Context window to record. Default: from the file.",
+)
 @click.option("--replace", is_flag=True, help="Replace a model of the same name.")
 @settings_options(*_STATE_FIELDS)
 def models_add(path: Path, name: str, license_: str, capabilities: str | None,
@@ -205,13 +212,21 @@ def models_add(path: Path, name: str, license_: str, capabilities: str | None,
 
 @models.command("add-upstream")
 @click.argument("name")
-@click.option("--base-url", required=True, help="The upstream's OpenAI base URL, e.g. http://h:8000/v1.")
+@click.option(
+    "--base-url", required=True, help="The upstream's OpenAI base URL, e.g. http://h:8000/v1."
+)
 @click.option("--upstream-model", default=None, help="Model name at the upstream (default: NAME).")
-@click.option("--capabilities", default="chat,completion", show_default=True,
-              help=f"Comma-separated, of: {', '.join(ALL_CAPABILITIES)}.")
+@click.option(
+    "--capabilities",
+    default="chat,completion",
+    show_default=True,
+    help=f"Comma-separated, of: {', '.join(ALL_CAPABILITIES)}.",
+)
 @click.option("--context-length", type=click.IntRange(min=16), default=4096, show_default=True)
 @click.option("--license", "license_", default="unknown", help="Licence of the upstream's weights.")
-@click.option("--api-key-env", default=None, help="Environment variable holding the upstream's key.")
+@click.option(
+    "--api-key-env", default=None, help="Environment variable holding the upstream's key."
+)
 @click.option("--replace", is_flag=True, help="Replace a model of the same name.")
 @settings_options(*_STATE_FIELDS)
 def models_add_upstream(name: str, base_url: str, upstream_model: str | None, capabilities: str,

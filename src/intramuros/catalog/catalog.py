@@ -61,7 +61,7 @@ class Catalog:
 
     # -- reading -----------------------------------------------------------
 
-    def list(self) -> list[ModelRecord]:
+    def records(self) -> list[ModelRecord]:
         """All records, by name."""
         return [ModelRecord.model_validate_json(raw) for raw in self.db.model_records()]
 
@@ -71,7 +71,7 @@ class Catalog:
         Raises ``ModelFileMissing`` naming the package for a bundled model
         whose package is not installed, ``ModelNotFound`` otherwise.
         """
-        for record in self.list():
+        for record in self.records():
             if record.name == name:
                 return record
         bundled = find_bundled(name)
@@ -134,7 +134,7 @@ class Catalog:
 
         module = import_module(bundled.module)
         try:
-            return sum(p.stat().st_size for p in module.chunk_paths())
+            return int(sum(p.stat().st_size for p in module.chunk_paths()))
         except (ImportError, OSError):
             return None
 
@@ -254,12 +254,12 @@ class Catalog:
             )
         if find_bundled(name) is not None:
             raise InvalidRequest(f"'{name}' is the name of a bundled model.", param="name")
-        if not replace and any(r.name == name for r in self.list()):
+        if not replace and any(r.name == name for r in self.records()):
             raise InvalidRequest(f"A model named '{name}' already exists.", param="name")
 
     def _save(self, record: ModelRecord, keep_created: bool = False) -> None:
         if keep_created:
-            old = next((r for r in self.list() if r.name == record.name), None)
+            old = next((r for r in self.records() if r.name == record.name), None)
             if old is not None:
                 record = record.model_copy(update={"created": old.created})
         self.db.upsert_model(record.name, record.engine, record.sha256,
@@ -294,7 +294,7 @@ class Catalog:
     def verify_all(self) -> list[VerifyResult]:
         """Re-hash every model; one result each."""
         results: list[VerifyResult] = []
-        for record in self.list():
+        for record in self.records():
             try:
                 self.verify_record(record)
             except ModelIntegrityError as exc:

@@ -226,9 +226,7 @@ class Engine(abc.ABC):
         """A whole chat completion (the stream, gathered)."""
         return gather(self.stream_chat(params, cancel))
 
-    def generate_completion(
-        self, params: CompletionParams, cancel: threading.Event
-    ) -> Generation:
+    def generate_completion(self, params: CompletionParams, cancel: threading.Event) -> Generation:
         """A whole text completion (the stream, gathered)."""
         return gather(self.stream_completion(params, cancel))
 

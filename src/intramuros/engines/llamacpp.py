@@ -141,7 +141,7 @@ class LlamaCppEngine(Engine):
             raise self._unsupported("chat")
         messages = prompting.normalise_messages(params)
         try:
-            prompt = self._formatter(messages=messages).prompt
+            prompt = self._formatter(messages=messages).prompt  # type: ignore[arg-type]
         except Exception as exc:  # jinja templates call raise_exception() on odd input
             raise InvalidRequest(
                 f"The messages do not fit this model's chat template: {exc}", param="messages"
@@ -154,6 +154,7 @@ class LlamaCppEngine(Engine):
         """Chat: render with the model's template, constrain with tools/format grammars."""
         tokens = self._chat_tokens(params)
         tool_mode = bool(params.tools) and params.tool_choice != "none"
+        grammar: str | None
         if tool_mode:
             grammar = prompting.tools_grammar(params.tools, params.tool_choice)
         else:
@@ -218,7 +219,7 @@ class LlamaCppEngine(Engine):
                 )
         grammar = prompting.response_grammar(params.response_format)
         if params.echo:
-            prompt_text = (
+            prompt_text: str = (
                 params.prompt
                 if isinstance(params.prompt, str)
                 else bytes(self._llm.detokenize(tokens)).decode("utf-8", "replace")
@@ -236,7 +237,8 @@ class LlamaCppEngine(Engine):
         param: str,
     ) -> Iterator[Delta]:
         """The decoding loop shared by chat and completion."""
-        from llama_cpp import LlamaGrammar, llama_vocab_is_eog
+        from llama_cpp import llama_vocab_is_eog
+        from llama_cpp.llama_grammar import LlamaGrammar
 
         llm = self._llm
         if llm is None:

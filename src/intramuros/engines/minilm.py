@@ -37,18 +37,21 @@ def _erf(x: Array) -> Array:
     t = 1.0 / (1.0 + 0.3275911 * a)
     poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741
                 + t * (-1.453152027 + t * 1.061405429))))  # fmt: skip
-    return (sign * (1.0 - poly * np.exp(-a * a))).astype(np.float32)
+    result: Array = (sign * (1.0 - poly * np.exp(-a * a))).astype(np.float32)
+    return result
 
 
 def _gelu(x: Array) -> Array:
     # BERT's exact (erf) GELU, not the tanh approximation.
-    return (0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))).astype(np.float32)
+    out: Array = (0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))).astype(np.float32)
+    return out
 
 
 def _layer_norm(x: Array, weight: Array, bias: Array, eps: float) -> Array:
     mean = x.mean(axis=-1, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
-    return ((x - mean) / np.sqrt(var + eps) * weight + bias).astype(np.float32)
+    out: Array = ((x - mean) / np.sqrt(var + eps) * weight + bias).astype(np.float32)
+    return out
 
 
 class MiniLMEngine(Engine):
@@ -97,8 +100,12 @@ class MiniLMEngine(Engine):
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=self.max_len)
         self.vocab_size = int(config["vocab_size"])
-        self.cls_id = self.tokenizer.token_to_id("[CLS]")
-        self.sep_id = self.tokenizer.token_to_id("[SEP]")
+        cls_id, sep_id = self.tokenizer.token_to_id("[CLS]"), self.tokenizer.token_to_id("[SEP]")
+        if cls_id is None or sep_id is None:
+            raise ModelFileMissing(f"Model '{self.record.name}': tokenizer has no [CLS]/[SEP].",
+                                   model=self.record.name)  # fmt: skip
+        self.cls_id: int = cls_id
+        self.sep_id: int = sep_id
 
     def health(self) -> bool:
         """Weights loaded."""
@@ -194,4 +201,5 @@ class MiniLMEngine(Engine):
                             w[p + "output.LayerNorm.bias"], self.eps)  # fmt: skip
         pooled = (x * mask[:, :, None]).sum(axis=1) / np.maximum(mask.sum(axis=1), 1.0)[:, None]
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+        unit: Array = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+        return unit

@@ -99,9 +99,7 @@ def _loads_or_text(value: str) -> Any:
 def _instructions(params: ChatParams) -> str:
     lines: list[str] = []
     if params.tools and params.tool_choice != "none":
-        tools = [
-            t for t in params.tools if params.tool_choice in ("auto", "required", t.name)
-        ]
+        tools = [t for t in params.tools if params.tool_choice in ("auto", "required", t.name)]
         lines.append("You can call these tools:")
         for tool in tools:
             lines.append(

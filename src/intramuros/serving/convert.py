@@ -131,9 +131,9 @@ def chat_params(req: p.ChatCompletionRequest, record: ModelRecord) -> ChatParams
     if tools and choice != "none":
         require(record, "tools", "tool calls")
 
-    messages = [m.model_dump(exclude_none=True) for m in req.messages]
-    for msg in messages:
-        for call in msg.get("tool_calls") or []:
+    messages: list[dict[str, Any]] = [m.model_dump(exclude_none=True) for m in req.messages]
+    for dumped in messages:
+        for call in dumped.get("tool_calls") or []:
             if isinstance(call["function"].get("arguments"), dict):
                 call["function"]["arguments"] = json.dumps(call["function"]["arguments"])
     if req.safe_prompt:

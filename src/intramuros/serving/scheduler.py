@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
@@ -87,7 +87,7 @@ class Lane(Generic[T]):
 
     async def stream(
         self, work: Callable[[threading.Event], Iterator[T]]
-    ) -> AsyncIterator[T]:
+    ) -> AsyncGenerator[T, None]:
         """Run ``work(cancel)`` in a worker thread and yield what it yields.
 
         Leaving the iteration early (client gone, error) sets ``cancel``; the

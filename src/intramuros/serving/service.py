@@ -13,9 +13,10 @@ import base64
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -108,7 +109,7 @@ class InferenceService:
 
     def list_models(self) -> p.ModelList:
         """Every model in the catalogue."""
-        return p.ModelList(data=[self.model_card(r) for r in self.catalog.list()])
+        return p.ModelList(data=[self.model_card(r) for r in self.catalog.records()])
 
     # -- chat ----------------------------------------------------------------
 
@@ -156,7 +157,7 @@ class InferenceService:
 
     async def _chat_chunks(
         self,
-        deltas: AsyncIterator[Delta],
+        deltas: AsyncGenerator[Delta, None],
         meter: CallMeter,
         ident: str,
         created: int,
@@ -210,12 +211,12 @@ class InferenceService:
             for params in all_params:
                 prompt = params.prompt
                 counter: Callable[[], int] = (
-                    (lambda pr=prompt: engine.count_tokens(pr)) if isinstance(prompt, str)
-                    else (lambda pr=prompt: len(pr))
+                    partial(engine.count_tokens, prompt) if isinstance(prompt, str)
+                    else partial(len, prompt)
                 )  # fmt: skip
                 self._check_context(engine, counter, params.sampling.max_tokens, "prompt", model)
             first = await self._open_stream(
-                model, meter, lambda cancel: engine.stream_completion(all_params[0], cancel)
+                model, meter, partial(engine.stream_completion, all_params[0])
             )
         except IntramurosError as exc:
             self._finish(meter, exc)
@@ -223,13 +224,13 @@ class InferenceService:
         ident = "cmpl-" + secrets.token_hex(12)
         created = int(time.time())
 
-        async def streams() -> AsyncIterator[tuple[int, AsyncIterator[Delta]]]:
+        async def streams() -> AsyncIterator[tuple[int, AsyncGenerator[Delta, None]]]:
             yield 0, first
             for i, params in enumerate(all_params[1:], start=1):
                 yield (
                     i,
                     await self._open_stream(
-                        model, meter, lambda cancel, pr=params: engine.stream_completion(pr, cancel)
+                        model, meter, partial(engine.stream_completion, params)
                     ),
                 )
 
@@ -252,7 +253,7 @@ class InferenceService:
 
     async def _completion_chunks(
         self,
-        streams: AsyncIterator[tuple[int, AsyncIterator[Delta]]],
+        streams: AsyncIterator[tuple[int, AsyncGenerator[Delta, None]]],
         meter: CallMeter,
         ident: str,
         created: int,
@@ -312,13 +313,13 @@ class InferenceService:
         dims = len(result.vectors[0]) if result.vectors else 0
         wanted = req.dimensions if req.dimensions is not None else req.output_dimension
         if wanted is not None and wanted != dims:
-            exc = InvalidRequest(
+            refusal = InvalidRequest(
                 f"Model '{req.model}' produces {dims}-dimensional vectors; it cannot "
                 f"produce {wanted}.",
                 param="dimensions" if req.dimensions is not None else "output_dimension",
             )
-            self._finish(meter, exc)
-            raise exc
+            self._finish(meter, refusal)
+            raise refusal
         meter.prompt_tokens = result.prompt_tokens
         self._finish(meter)
         data = [
@@ -364,7 +365,7 @@ class InferenceService:
         model: LoadedModel,
         meter: CallMeter,
         work: Callable[[Any], Iterator[Delta]],
-    ) -> AsyncIterator[Delta]:
+    ) -> AsyncGenerator[Delta, None]:
         """Start ``work`` on the model's lane and wait for its first delta.
 
         Waiting for the first delta means errors found when the engine starts
@@ -382,7 +383,7 @@ class InferenceService:
         if meter.queued_until is None:
             meter.queued_until = time.perf_counter()
 
-        async def rest() -> AsyncIterator[Delta]:
+        async def rest() -> AsyncGenerator[Delta, None]:
             async with aclosing(stream):
                 if first is not None:
                     yield first
@@ -397,8 +398,8 @@ class InferenceService:
         return result
 
     async def _metered(
-        self, deltas: AsyncIterator[Delta], meter: CallMeter, finish: bool = True
-    ) -> AsyncIterator[Delta]:
+        self, deltas: AsyncGenerator[Delta, None], meter: CallMeter, finish: bool = True
+    ) -> AsyncGenerator[Delta, None]:
         """Pass deltas through, noting first token and usage; log the call at the end."""
         try:
             async with aclosing(deltas):
@@ -425,7 +426,7 @@ class InferenceService:
             self._finish(meter)
 
     async def _gather(
-        self, deltas: AsyncIterator[Delta], meter: CallMeter, finish: bool = True
+        self, deltas: AsyncGenerator[Delta, None], meter: CallMeter, finish: bool = True
     ) -> Generation:
         text: list[str] = []
         gen = Generation(text="", finish_reason="stop", usage=_zero())
