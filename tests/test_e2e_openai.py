@@ -343,7 +343,10 @@ def test_health_metrics_openapi(http) -> None:  # type: ignore[no-untyped-def]
     http.post("/v1/chat/completions", json={"model": CHAT_MODEL, "max_tokens": 2,
               "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
     metrics = http.get("/metrics").text
-    assert 'intramuros_requests_total{model="smollm2-135m-instruct",' in metrics
+    assert (
+        'intramuros_requests_total{model="smollm2-135m-instruct",'
+        'route="/v1/chat/completions",status="200"}'
+    ) in metrics
     assert "intramuros_time_to_first_token_seconds_bucket" in metrics
     assert "intramuros_request_latency_seconds_bucket" in metrics
     assert (

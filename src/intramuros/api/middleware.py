@@ -1,69 +1,119 @@
-"""ASGI middleware: the request-body size limit.
+"""ASGI middleware: the request-body limit, and text that is not Unicode.
 
-Checked on the declared Content-Length *and* on the bytes actually received,
-so a chunked upload cannot slip past the limit.
+The body is read whole (up to the limit) before the app sees it: a body over
+the limit, declared or chunked, gets 413 and is never parsed. JSON escapes of
+lone UTF-16 surrogates (``"\\ud800"``) decode to strings no encoder accepts;
+they are refused here with 400 rather than failing deep inside an engine.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from typing import Any
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from intramuros.api.errors import error_body
-from intramuros.errors import PayloadTooLarge
+from intramuros.errors import IntramurosError, InvalidRequest, PayloadTooLarge
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class BodyLimitMiddleware:
-    """Answer 413 to bodies over ``limit`` bytes, before anything parses them."""
+    """Answer 413 to bodies over ``limit`` bytes, 400 to JSON with lone surrogates."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = 0
-                if declared > self.limit:
-                    await self._refuse(send)
-                    return
-        received = 0
-        too_large = False
-
-        async def counting_receive() -> Message:
-            nonlocal received, too_large
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await _refuse(send, self._too_large())
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    too_large = True
-                    raise _TooLarge
-            return message
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await _refuse(send, self._too_large())
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        bad = _bad_unicode(body)
+        if bad is not None:
+            await _refuse(send, bad)
+            return
+        replayed = False
 
-        try:
-            await self.app(scope, counting_receive, send)
-        except _TooLarge:
-            await self._refuse(send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
 
-    async def _refuse(self, send: Send) -> None:
-        import json
+        await self.app(scope, replay, send)
 
-        exc = PayloadTooLarge(f"The request body is larger than the limit of {self.limit} bytes.")
-        body = json.dumps(error_body(exc)).encode()
-        await send({
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"The request body is larger than the limit of {self.limit} bytes.")
+
+
+def _bad_unicode(body: bytes) -> InvalidRequest | None:
+    """An error if the JSON body holds a string that is not valid Unicode."""
+    if not _SURROGATE_ESCAPE.search(body):
+        return None  # the common case costs one regex scan
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None  # not JSON: the app reports that itself
+    path = _first_bad_string(doc, "")
+    if path is None:
+        return None
+    return InvalidRequest(
+        "The request contains a string that is not valid Unicode (an unpaired surrogate).",
+        param=path or None,
+    )
+
+
+def _first_bad_string(node: Any, path: str) -> str | None:
+    stack: list[tuple[Any, str]] = [(node, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return where
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                stack.append((key, where))
+                stack.append((value, f"{where}.{key}" if where else str(key)))
+        elif isinstance(item, list):
+            stack.extend((value, f"{where}[{i}]") for i, value in enumerate(item))
+    return None
+
+
+async def _refuse(send: Send, exc: IntramurosError) -> None:
+    body = json.dumps(error_body(exc)).encode()
+    await send(
+        {
             "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"connection", b"close")],
-        })  # fmt: skip
-        await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    """Raised inside the app's receive() when the body passes the limit."""
+            "status": exc.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

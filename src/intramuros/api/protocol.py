@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "10" is not an integer and "yes" is not a boolean, as in OpenAI's API
+    # (integers are still accepted where a float is expected).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class _Wire(BaseModel):
@@ -154,7 +156,7 @@ class JSONSchemaSpec(_Request):
     schema_: dict[str, Any] = Field(alias="schema")
     strict: bool | None = None
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
 
 class ResponseFormat(_Request):

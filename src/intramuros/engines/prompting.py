@@ -142,21 +142,33 @@ def check_json_schema(schema: Any, param: str) -> dict[str, Any]:
         validator.check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise InvalidRequest(f"Invalid JSON schema: {exc.message}", param=param) from None
+    except RecursionError:
+        raise InvalidRequest("The JSON schema is too deeply nested.", param=param) from None
     return schema
 
 
+# Deeper schemas are refused: nobody writes them by hand, and the validator and
+# grammar converter recurse once per level.
+MAX_SCHEMA_DEPTH = 32
+
+
 def _refuse_remote_refs(node: Any, param: str) -> None:
-    if isinstance(node, dict):
-        ref = node.get("$ref")
-        if isinstance(ref, str) and not ref.startswith("#"):
+    stack: list[tuple[Any, int]] = [(node, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_SCHEMA_DEPTH:
             raise InvalidRequest(
-                f"Only local $ref (starting with '#') are allowed, got '{ref}'.", param=param
+                f"The JSON schema is nested deeper than {MAX_SCHEMA_DEPTH} levels.", param=param
             )
-        for value in node.values():
-            _refuse_remote_refs(value, param)
-    elif isinstance(node, list):
-        for value in node:
-            _refuse_remote_refs(value, param)
+        if isinstance(item, dict):
+            ref = item.get("$ref")
+            if isinstance(ref, str) and not ref.startswith("#"):
+                raise InvalidRequest(
+                    f"Only local $ref (starting with '#') are allowed, got '{ref}'.", param=param
+                )
+            stack.extend((value, depth + 1) for value in item.values())
+        elif isinstance(item, list):
+            stack.extend((value, depth + 1) for value in item)
 
 
 def schema_to_gbnf(schema: dict[str, Any], param: str) -> str:
