@@ -621,6 +621,49 @@ def test_remote_ref_is_refused_and_never_fetched(
 
 
 # --------------------------------------------------------------------------
+# Odd corners
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path", [CHAT, COMPLETIONS, EMBEDDINGS], ids=["chat", "completions", "embeddings"]
+)
+@pytest.mark.parametrize("content_type", ["application/json", None], ids=["json", "no-type"])
+def test_empty_body(http: httpx.Client, path: str, content_type: str | None) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    err = check_error(http.post(path, content=b"", headers=headers), 400, param=None)
+    # The message must say what is wrong, not name a parameter called None.
+    assert "None" not in err["message"], err
+
+
+UNANCHORED = {
+    "type": "object",
+    "properties": {"code": {"type": "string", "pattern": "[A-Z]{3}"}},
+    "required": ["code"],
+}
+
+
+@pytest.mark.parametrize("where", ["response_format", "tool"])
+def test_schema_pattern_the_grammar_cannot_use(http: httpx.Client, where: str) -> None:
+    """A valid JSON schema (unanchored pattern): served, or refused naming that schema."""
+    if where == "tool":
+        body = chat(tools=[tool(UNANCHORED)], tool_choice="required")
+        param = "tools[0].function.parameters"
+    else:
+        body = chat(
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": UNANCHORED},
+            }
+        )
+        param = "response_format.json_schema.schema"
+    r = http.post(CHAT, json=body)
+    assert r.status_code in (200, 400), r.text[:300]
+    if r.status_code == 400:
+        check_error(r, 400, param=param)
+
+
+# --------------------------------------------------------------------------
 # After all of it: still alive
 # --------------------------------------------------------------------------
 

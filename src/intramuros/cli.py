@@ -21,8 +21,8 @@ from intramuros.errors import IntramurosError
 from intramuros.offline import enforce_offline
 from intramuros.settings import Settings, load_settings
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (| grep, CI logs) must not wrap: names and hashes stay whole.
+console = Console(width=None if sys.stdout.isatty() else 1000)
 
 # Settings every command accepts (where the state lives); `serve` takes all.
 _STATE_FIELDS = ("data_dir", "database_url", "config")
@@ -72,9 +72,14 @@ def _settings(options: dict[str, Any]) -> Settings:
     return load_settings(**options)
 
 
-def _fail(exc: IntramurosError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+def _error(message: str) -> None:
+    """One line on stderr, never wrapped, then exit 1."""
+    click.echo("error: " + " ".join(message.split()), err=True)
     sys.exit(1)
+
+
+def _fail(exc: IntramurosError) -> None:
+    _error(exc.message)
 
 
 @click.group()
@@ -82,6 +87,8 @@ def _fail(exc: IntramurosError) -> None:
 def main() -> None:
     """intramuros: an OpenAI/Mistral-compatible AI service on open models, within your walls."""
     enforce_offline()
+    # Commands report their own errors in one line; `serve` sets up real logging.
+    logging.basicConfig(level=logging.CRITICAL)
 
 
 # --------------------------------------------------------------------------
@@ -104,13 +111,15 @@ def serve(no_auth: bool, **options: Any) -> None:
         _fail(exc)
         return
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
     )
     app = create_app(settings)
-    err_console.print(
+    click.echo(
         f"intramuros serving on http://{settings.host}:{settings.port} "
         f"(data dir {settings.data_dir})",
-        highlight=False,
+        err=True,
     )
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                 timeout_graceful_shutdown=5)  # fmt: skip
@@ -254,8 +263,7 @@ def models_remove(name: str, **options: Any) -> None:
     try:
         catalog = _catalog(options)
         if catalog.get(name).bundled:
-            err_console.print(f"[bold red]error:[/] '{name}' is bundled; uninstall its package.")
-            sys.exit(1)
+            _error(f"'{name}' is bundled; uninstall its package instead.")
         catalog.remove(name)
     except IntramurosError as exc:
         _fail(exc)
@@ -269,16 +277,14 @@ def models_remove(name: str, **options: Any) -> None:
 def models_verify(names: tuple[str, ...], **options: Any) -> None:
     """Re-hash every model's files against the catalogue. Exit 1 on any mismatch."""
     try:
-        results = _catalog(options).verify_all()
+        catalog = _catalog(options)
+        unknown = set(names) - {r.name for r in catalog.records()}
+        if unknown:
+            _error(f"unknown model(s): {', '.join(sorted(unknown))}")
+        results = catalog.verify_all(names or None)
     except IntramurosError as exc:
         _fail(exc)
         return
-    if names:
-        unknown = set(names) - {r.name for r in results}
-        if unknown:
-            err_console.print(f"[bold red]error:[/] unknown model(s): {', '.join(sorted(unknown))}")
-            sys.exit(1)
-        results = [r for r in results if r.name in names]
     table = Table(title="model verification")
     for col in ("name", "result", "detail", "sha256"):
         table.add_column(col, overflow="fold")

@@ -82,7 +82,8 @@ def validation_error(exc: RequestValidationError) -> IntramurosError:
             "We could not parse the JSON body of your request: "
             f"{first.get('ctx', {}).get('error', 'invalid JSON')}."
         )
-    if first.get("type") == "model_attributes_type" and tuple(first.get("loc", ())) == ("body",):
+    if tuple(first.get("loc", ())) == ("body",):
+        # No body at all ("missing") or a JSON value that is not an object.
         return InvalidRequest("The request body must be a JSON object.")
     param = param_of(tuple(first.get("loc", ())))
     kind = first.get("type")

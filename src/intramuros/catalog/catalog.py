@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from intramuros.store.db import Database, dumps
 
 log = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 ALL_CAPABILITIES: tuple[Capability, ...] = ("chat", "completion", "embeddings", "tools", "json")
 
 
@@ -221,7 +222,7 @@ class Catalog:
     ) -> ModelRecord:
         """Register a model served by an OpenAI-compatible upstream server."""
         self._check_new_name(name, replace)
-        if not re.match(r"^https?://[^\s/]+", base_url):
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s]*)?", base_url):
             raise InvalidRequest("base_url must be an http(s) URL.", param="base_url")
         options: dict[str, str] = {"base_url": base_url.rstrip("/")}
         options["upstream_model"] = upstream_model or name
@@ -246,7 +247,7 @@ class Catalog:
             raise ModelNotFound(name)
 
     def _check_new_name(self, name: str, replace: bool) -> None:
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise InvalidRequest(
                 "A model name is 1-128 characters: letters, digits and . _ : - "
                 "(starting with a letter or digit).",
@@ -291,11 +292,18 @@ class Catalog:
                     model=record.name, path=str(file), expected=str(expected), actual=actual
                 )
 
-    def verify_all(self) -> list[VerifyResult]:
-        """Re-hash every model; one result each."""
+    def verify_all(self, names: Sequence[str] | None = None) -> list[VerifyResult]:
+        """Re-hash every model (or those in ``names``); one result each.
+
+        Chunked bundled weights not yet joined are joined first, so that what
+        is verified is exactly what would be loaded.
+        """
         results: list[VerifyResult] = []
         for record in self.records():
+            if names is not None and record.name not in names:
+                continue
             try:
+                self.ensure_files(record)
                 self.verify_record(record)
             except ModelIntegrityError as exc:
                 results.append(VerifyResult(record.name, False, f"hash mismatch: {exc.path}",

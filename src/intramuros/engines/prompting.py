@@ -176,13 +176,31 @@ def schema_to_gbnf(schema: dict[str, Any], param: str) -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:
-        return str(json_schema_to_gbnf(json.dumps(schema)))
+        return str(json_schema_to_gbnf(json.dumps(_anchor_patterns(schema))))
     except Exception as exc:  # the converter raises bare asserts/KeyErrors on odd schemas
         raise InvalidRequest(
-            f"This JSON schema cannot be turned into a decoding grammar: "
-            f"{type(exc).__name__}: {exc}",
+            f"This JSON schema uses a feature the decoding grammar cannot express: {exc}",
             param=param,
         ) from None
+
+
+def _anchor_patterns(node: Any) -> Any:
+    """JSON Schema ``pattern`` searches anywhere; the converter wants ``^...$``."""
+    if isinstance(node, list):
+        return [_anchor_patterns(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _anchor_patterns(v) for k, v in node.items()}
+    pattern = node.get("pattern")
+    if isinstance(pattern, str):
+        starts = pattern.startswith("^")
+        ends = pattern.endswith("$") and not pattern.endswith("\\$")
+        if not (starts and ends):
+            core = pattern[1 if starts else 0 : len(pattern) - (1 if ends else 0)]
+            out["pattern"] = (
+                "^" + ("" if starts else ".*") + "(" + core + ")" + ("" if ends else ".*") + "$"
+            )
+    return out
 
 
 def tool_call_schema(tools: Sequence[ToolSpec]) -> dict[str, Any]:
@@ -234,6 +252,10 @@ def tools_grammar(tools: Sequence[ToolSpec], tool_choice: str) -> str:
     ``auto``: either a call, or free text that does not start with ``{``.
     """
     chosen = [t for t in tools if tool_choice in ("auto", "required", t.name)]
+    for i, tool in enumerate(tools):
+        if tool in chosen:  # name the tool at fault, not just "tools"
+            schema_to_gbnf(tool.parameters or {"type": "object"},
+                           param=f"tools[{i}].function.parameters")  # fmt: skip
     gbnf = schema_to_gbnf(tool_call_schema(chosen), param="tools")
     if tool_choice != "auto":
         return gbnf
@@ -252,7 +274,9 @@ def response_grammar(response_format: dict[str, Any] | None) -> str | None:
     if kind == "json_object":
         return schema_to_gbnf({"type": "object"}, param="response_format")
     if kind == "json_schema":
-        return schema_to_gbnf(response_format["schema"], param="response_format.json_schema")
+        return schema_to_gbnf(
+            response_format["schema"], param="response_format.json_schema.schema"
+        )
     return None
 
 

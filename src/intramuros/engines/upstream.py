@@ -57,12 +57,10 @@ _MAX_MESSAGE = 500
 _HEALTH_TIMEOUT = 3.0
 # Upstream error codes worth keeping: clients branch on them.
 _KEPT_CODES = frozenset({"context_length_exceeded"})
+# OpenAI's legacy "function_call" is a tool call too; anything unknown ends as "stop".
 _FINISH: dict[str, FinishReason] = {
-    "stop": "stop",
-    "length": "length",
-    "tool_calls": "tool_calls",
-    "function_call": "tool_calls",
-}
+    "stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls"
+}  # fmt: skip
 
 
 class OpenAIUpstreamEngine(Engine):
@@ -94,9 +92,14 @@ class OpenAIUpstreamEngine(Engine):
 
     def load(self) -> None:
         """Open the HTTP client and check that the upstream answers ``GET /models``."""
-        if not self.base_url.startswith(("http://", "https://")):
+        self.close()  # a reload must not leak the previous connection pool
+        try:
+            timeout = float(self.record.options.get("timeout") or self.settings.upstream_timeout)
+        except (TypeError, ValueError):
+            timeout = -1.0
+        if not self.base_url.startswith(("http://", "https://")) or timeout <= 0:
             raise EngineUnavailable(
-                f"Model '{self.record.name}' has no valid options.base_url for its upstream."
+                f"Model '{self.record.name}' has an invalid options.base_url or options.timeout."
             )
         headers: dict[str, str] = {}
         key_env = self.record.options.get("api_key_env")
@@ -108,7 +111,6 @@ class OpenAIUpstreamEngine(Engine):
                     "(the upstream API key) is not set."
                 )
             headers["Authorization"] = f"Bearer {key}"
-        timeout = float(self.record.options.get("timeout") or self.settings.upstream_timeout)
         self._client = httpx.Client(
             base_url=self.base_url + "/",
             headers=headers,
@@ -157,6 +159,7 @@ class OpenAIUpstreamEngine(Engine):
 
     def generate_chat(self, params: ChatParams, cancel: threading.Event) -> Generation:
         """One non-streaming chat call (cheaper upstream than gathering a stream)."""
+        # Once sent, a non-streaming call runs to its end: cancel is only checked before.
         if cancel.is_set():
             return Generation("", "cancelled", Usage(0, 0))
         data = self._post("chat/completions", {**self._chat_body(params), "stream": False})
@@ -171,11 +174,8 @@ class OpenAIUpstreamEngine(Engine):
 
     def embed(self, inputs: Sequence[str | Sequence[int]]) -> EmbeddingResult:
         """``POST /embeddings``; vectors come back in input order."""
-        body = {
-            "model": self.upstream_model,
-            "input": [x if isinstance(x, str) else list(x) for x in inputs],
-            "encoding_format": "float",
-        }
+        items = [x if isinstance(x, str) else list(x) for x in inputs]
+        body = {"model": self.upstream_model, "input": items, "encoding_format": "float"}
         data = self._post("embeddings", body)
 
         def parse() -> EmbeddingResult:
@@ -204,9 +204,7 @@ class OpenAIUpstreamEngine(Engine):
                 choice if choice in ("none", "auto", "required")
                 else {"type": "function", "function": {"name": choice}}
             )  # fmt: skip
-        if params.response_format is not None:
-            body["response_format"] = _response_format(params.response_format)
-        return body
+        return _with_format(body, params.response_format)
 
     def _completion_body(self, params: CompletionParams) -> dict[str, Any]:
         prompt = params.prompt if isinstance(params.prompt, str) else list(params.prompt)
@@ -216,9 +214,7 @@ class OpenAIUpstreamEngine(Engine):
             body["echo"] = True
         if params.suffix is not None:
             body["suffix"] = params.suffix
-        if params.response_format is not None:
-            body["response_format"] = _response_format(params.response_format)
-        return body
+        return _with_format(body, params.response_format)
 
     # -- HTTP ------------------------------------------------------------
 
@@ -275,11 +271,8 @@ class OpenAIUpstreamEngine(Engine):
                     yield delta
         if state.finish is None and not state.done:
             raise EngineError(f"The upstream of model '{self.record.name}' ended its stream early.")
-        yield Delta(
-            finish_reason=state.finish or "stop",
-            tool_calls=state.tool_calls(),
-            usage=state.final_usage(),
-        )
+        yield Delta(finish_reason=state.finish or "stop", tool_calls=state.tool_calls(),
+                    usage=state.final_usage())  # fmt: skip
 
     # -- errors ----------------------------------------------------------
 
@@ -325,32 +318,25 @@ class OpenAIUpstreamEngine(Engine):
 def _sampling(s: SamplingParams, *, chat: bool) -> dict[str, Any]:
     # Only OpenAI's own fields: strict upstreams reject unknown ones, so
     # top_k and repetition_penalty are not forwarded.
-    body: dict[str, Any] = {
-        "temperature": s.temperature,
-        "top_p": s.top_p,
-        "presence_penalty": s.presence_penalty,
-        "frequency_penalty": s.frequency_penalty,
-    }
-    if s.max_tokens is not None:
-        body["max_tokens"] = s.max_tokens
-    if s.stop:
-        body["stop"] = list(s.stop)
-    if s.seed is not None:
-        body["seed"] = s.seed
-    if s.logprobs is not None:
-        if chat:
-            body["logprobs"] = True
-            body["top_logprobs"] = s.logprobs
-        else:
-            body["logprobs"] = s.logprobs
+    body: dict[str, Any] = {"temperature": s.temperature, "top_p": s.top_p,
+                            "presence_penalty": s.presence_penalty,
+                            "frequency_penalty": s.frequency_penalty}  # fmt: skip
+    optional = {"max_tokens": s.max_tokens, "stop": list(s.stop) or None, "seed": s.seed}
+    body.update({k: v for k, v in optional.items() if v is not None})
+    if s.logprobs is not None and chat:
+        body.update(logprobs=True, top_logprobs=s.logprobs)
+    elif s.logprobs is not None:
+        body["logprobs"] = s.logprobs  # the legacy form: an int
     return body
 
 
-def _response_format(fmt: dict[str, Any]) -> dict[str, Any]:
-    if fmt.get("type") == "json_schema":
-        return {"type": "json_schema", "json_schema": {
+def _with_format(body: dict[str, Any], fmt: dict[str, Any] | None) -> dict[str, Any]:
+    if fmt is not None and fmt.get("type") == "json_schema":
+        body["response_format"] = {"type": "json_schema", "json_schema": {
             "name": "response", "schema": fmt.get("schema", {}), "strict": True}}  # fmt: skip
-    return dict(fmt)
+    elif fmt is not None:
+        body["response_format"] = dict(fmt)
+    return body
 
 
 def _error_object(response: httpx.Response) -> tuple[str, str | None, str | None]:
@@ -527,10 +513,5 @@ def _generation(data: dict[str, Any], *, chat: bool) -> Generation:
                  str(c["function"]["name"]), str(c["function"].get("arguments") or "{}"))
         for c in message.get("tool_calls") or ()
     ]  # fmt: skip
-    return Generation(
-        text=str(message.get("content") or ""),
-        finish_reason=_finish(choice.get("finish_reason")),
-        usage=usage,
-        logprobs=_chat_logprobs(choice.get("logprobs")),
-        tool_calls=calls,
-    )
+    return Generation(str(message.get("content") or ""), _finish(choice.get("finish_reason")),
+                      usage, _chat_logprobs(choice.get("logprobs")), calls)  # fmt: skip

@@ -23,6 +23,9 @@ MISTRAL_SAFE_PROMPT = (
     "fairness and positivity."
 )
 MAX_STOP_SEQUENCES = 16
+# Prompts in one /v1/completions call run one after another on the model:
+# a bound keeps one request from holding it for hours.
+MAX_PROMPTS = 64
 
 
 def require(record: ModelRecord, capability: Capability, what: str) -> None:
@@ -171,6 +174,10 @@ def completion_prompts(req: p.CompletionRequest) -> list[str | list[int]]:
         raise InvalidRequest("prompt must not be empty.", param="prompt")
     if all(isinstance(x, int) for x in prompt):
         return [list(prompt)]  # type: ignore[arg-type]
+    if len(prompt) > MAX_PROMPTS:
+        raise InvalidRequest(
+            f"At most {MAX_PROMPTS} prompts per request, got {len(prompt)}.", param="prompt"
+        )
     return list(prompt)  # type: ignore[arg-type]
 
 
