@@ -38,7 +38,7 @@ from intramuros.engines.registry import engine_class
 from intramuros.engines.upstream import OpenAIUpstreamEngine
 from intramuros.errors import EngineError, EngineUnavailable, InvalidRequest, QueueFull
 from intramuros.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import Server, free_port, start_server, stop_server
 
 WEATHER = ToolSpec(
     "get_weather",
@@ -508,3 +508,66 @@ def test_api_key_from_environment(
         assert stub.seen[-1][2].get("authorization") == "Bearer sk-test"
     finally:
         eng.close()
+
+
+# --------------------------------------------------------------------------
+# Through the gateway: a catalogue model served by an upstream, end to end
+# --------------------------------------------------------------------------
+
+
+def _cli(data_dir: Path, *args: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "intramuros.cli", *args, "--data-dir",
+                        str(data_dir)], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+
+
+def test_gateway_serves_upstream_models(
+    upstream_url: str, server: Server, tmp_path: Path
+) -> None:
+    """Two upstreams: llama-cpp-python's server, and another intramuros."""
+    import openai
+
+    data = tmp_path / "gw"
+    _cli(data, "models", "add-upstream", "up-llamacpp", "--base-url", upstream_url,
+         "--upstream-model", "smol", "--license", "Apache-2.0")  # fmt: skip
+    _cli(data, "models", "add-upstream", "up-intramuros", "--base-url", server.base_url + "/v1",
+         "--upstream-model", "smollm2-135m-instruct", "--capabilities", "chat,completion,tools")
+    gw = start_server(data, "--preload-models", "up-llamacpp,up-intramuros")
+    try:
+        client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0)
+        for model in ("up-llamacpp", "up-intramuros"):
+            r = client.chat.completions.create(model=model, max_tokens=6, temperature=0,
+                                               messages=[{"role": "user", "content": "Hi"}])
+            assert r.choices[0].message.content and r.model == model
+            chunks = list(client.chat.completions.create(
+                model=model, max_tokens=6, stream=True,
+                messages=[{"role": "user", "content": "Hi"}]))  # fmt: skip
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            c = client.completions.create(model=model, prompt="One, two,", max_tokens=4)
+            assert c.choices[0].text
+        card = client.models.retrieve("up-llamacpp").model_dump()["intramuros"]
+        assert card["origin"] == {"kind": "upstream", "url": upstream_url, "package": None,
+                                  "version": None, "path": None}  # fmt: skip
+        # tools through two gateways: still a valid, grammar-constrained call
+        r = client.chat.completions.create(
+            model="up-intramuros", max_tokens=60, tool_choice="required",
+            messages=[{"role": "user", "content": "Weather in Lyon?"}],
+            tools=[{"type": "function", "function": {"name": "weather", "parameters": {
+                "type": "object", "properties": {"city": {"type": "string"}},
+                "required": ["city"]}}}],
+        )  # fmt: skip
+        assert r.choices[0].finish_reason == "tool_calls"
+        assert r.choices[0].message.tool_calls[0].function.name == "weather"  # type: ignore[index]
+        client.close()
+    finally:
+        stop_server(gw)
+    # the upstream's unreachability is a 503, not a hang or a 500
+    dead = tmp_path / "dead"
+    _cli(dead, "models", "add-upstream", "gone", "--base-url", f"http://127.0.0.1:{free_port()}/v1")
+    srv = start_server(dead)
+    try:
+        r2 = httpx.post(srv.base_url + "/v1/chat/completions", timeout=60, json={
+            "model": "gone", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]})
+        assert r2.status_code == 503 and r2.json()["error"]["code"] == "engine_unavailable"
+    finally:
+        stop_server(srv)
