@@ -66,12 +66,13 @@ def test_bundled_hashes_are_the_packages_files() -> None:
             assert sha256_file(path.parent / rel) == digest, (bundled.name, rel)
 
 
+def say_hi(server: Server, model: str) -> httpx.Response:
+    return httpx.post(server.base_url + "/v1/chat/completions", timeout=120, json={
+        "model": model, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]})
+
+
 def test_added_model_serves(prov_server: Server) -> None:
-    r = httpx.post(
-        prov_server.base_url + "/v1/chat/completions",
-        timeout=120,
-        json={"model": "my-good", "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]},
-    )
+    r = say_hi(prov_server, "my-good")
     assert r.status_code == 200, r.text
     card = httpx.get(prov_server.base_url + "/v1/models/my-good").json()
     assert card["intramuros"]["origin"]["kind"] == "file"
@@ -79,15 +80,7 @@ def test_added_model_serves(prov_server: Server) -> None:
 
 
 def test_tampered_model_is_refused(prov_server: Server) -> None:
-    r = httpx.post(
-        prov_server.base_url + "/v1/chat/completions",
-        timeout=120,
-        json={
-            "model": "my-tampered",
-            "max_tokens": 4,
-            "messages": [{"role": "user", "content": "Hi"}],
-        },
-    )
+    r = say_hi(prov_server, "my-tampered")
     assert r.status_code == 503
     err = r.json()["error"]
     assert err["code"] == "model_integrity_error"
@@ -96,26 +89,8 @@ def test_tampered_model_is_refused(prov_server: Server) -> None:
     log = prov_server.log_text()
     assert "tampered.gguf" in log and sha256_file(SMOL) in log
     # still refused the second time (never half-loaded), and others still serve
-    again = httpx.post(
-        prov_server.base_url + "/v1/chat/completions",
-        timeout=120,
-        json={
-            "model": "my-tampered",
-            "max_tokens": 4,
-            "messages": [{"role": "user", "content": "Hi"}],
-        },
-    )
-    assert again.status_code == 503
-    ok = httpx.post(
-        prov_server.base_url + "/v1/chat/completions",
-        timeout=120,
-        json={
-            "model": CHAT_MODEL,
-            "max_tokens": 4,
-            "messages": [{"role": "user", "content": "Hi"}],
-        },
-    )
-    assert ok.status_code == 200
+    assert say_hi(prov_server, "my-tampered").status_code == 503
+    assert say_hi(prov_server, CHAT_MODEL).status_code == 200
 
 
 def test_verify_command_names_file_and_hashes(prov_server: Server) -> None:

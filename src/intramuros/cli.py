@@ -97,9 +97,8 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--no-auth", is_flag=True, hidden=True, help="Reserved.")
 @settings_options()
-def serve(no_auth: bool, **options: Any) -> None:
+def serve(**options: Any) -> None:
     """Run the API server (OpenAI- and Mistral-compatible) on this machine."""
     import uvicorn
 
