@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -54,6 +54,10 @@ class Server:
     port: int
     data_dir: Path
     log: Path
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def headers(self, who: str = "user") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[who]}"} if who in self.keys else {}
 
     @property
     def base_url(self) -> str:
@@ -69,8 +73,15 @@ def start_server(
     prefix: list[str] | None = None,
     env: dict[str, str] | None = None,
     wait_ready: bool = True,
+    auth: bool = False,
 ) -> Server:
-    """Start `intramuros serve` and wait until /readyz answers 200 (bounded)."""
+    """Start `intramuros serve` and wait until /readyz answers 200 (bounded).
+
+    Without ``auth`` the server runs with --no-auth (loopback): for tests of
+    other things. With it, a tenant "acme" and two more ("globex") get keys
+    first: ``server.keys`` holds "admin", "user" and "other" (globex's user).
+    """
+    keys = make_keys(data_dir) if auth else {}
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / f"server-{port}.log"
@@ -78,12 +89,13 @@ def start_server(
         *(prefix or []),
         sys.executable, "-m", "intramuros.cli", "serve",
         "--port", str(port), "--data-dir", str(data_dir), *extra,
+        *([] if auth else ["--no-auth"]),
     ]  # fmt: skip
     full_env = {**os.environ, **(env or {})}
     full_env.pop("INTRAMUROS_CONFIG", None)
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env)
-    server = Server(proc, port, data_dir, log)
+    server = Server(proc, port, data_dir, log, keys)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -98,6 +110,28 @@ def start_server(
         time.sleep(0.3)
     stop_server(server)
     raise RuntimeError(f"server not ready in time:\n{server.log_text()}")
+
+
+def cli(data_dir: Path, *args: str) -> str:
+    """Run an `intramuros` command against ``data_dir``; its stdout (fails the test on error)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "intramuros.cli", *args, "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, f"intramuros {' '.join(args)}: {r.stderr}"
+    return r.stdout
+
+
+def make_keys(data_dir: Path) -> dict[str, str]:
+    """Tenants acme and globex, and keys: acme admin, acme user, globex user."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cli(data_dir, "tenants", "create", "acme")
+    cli(data_dir, "tenants", "create", "globex")
+    return {
+        "admin": cli(data_dir, "keys", "create", "--tenant", "acme", "--role", "admin").strip(),
+        "user": cli(data_dir, "keys", "create", "--tenant", "acme").strip(),
+        "other": cli(data_dir, "keys", "create", "--tenant", "globex").strip(),
+    }
 
 
 def stop_server(server: Server) -> None:
@@ -118,6 +152,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         tmp_path_factory.mktemp("server"),
         "--preload-models", f"{CHAT_MODEL},{EMBED_MODEL}",
         "--max-body-bytes", str(1024 * 1024),
+        auth=True,
     )  # fmt: skip
     yield srv
     stop_server(srv)
@@ -130,7 +165,7 @@ def base_url(server: Server) -> str:
 
 @pytest.fixture()
 def http(server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.base_url, timeout=120) as client:
+    with httpx.Client(base_url=server.base_url, timeout=120, headers=server.headers()) as client:
         yield client
 
 
@@ -138,7 +173,7 @@ def http(server: Server) -> Iterator[httpx.Client]:
 def oai(server: Server):  # type: ignore[no-untyped-def]
     import openai
 
-    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0,
-                           timeout=120)  # fmt: skip
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=server.keys["user"],
+                           max_retries=0, timeout=120)  # fmt: skip
     yield client
     client.close()

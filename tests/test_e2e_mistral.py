@@ -33,7 +33,7 @@ TOOL = {
 def mistral(server: Server):  # type: ignore[no-untyped-def]
     from mistralai.client import Mistral
 
-    client = Mistral(api_key="unused", server_url=server.base_url)
+    client = Mistral(api_key=server.keys["user"], server_url=server.base_url)
     yield client
 
 

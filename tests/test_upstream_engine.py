@@ -531,8 +531,10 @@ def test_gateway_serves_upstream_models(
     _cli(data, "models", "add-upstream", "up-llamacpp", "--base-url", upstream_url,
          "--upstream-model", "smol", "--license", "Apache-2.0")  # fmt: skip
     _cli(data, "models", "add-upstream", "up-intramuros", "--base-url", server.base_url + "/v1",
-         "--upstream-model", "smollm2-135m-instruct", "--capabilities", "chat,completion,tools")
-    gw = start_server(data, "--preload-models", "up-llamacpp,up-intramuros")
+         "--upstream-model", "smollm2-135m-instruct", "--capabilities", "chat,completion,tools",
+         "--api-key-env", "UPSTREAM_KEY")
+    gw = start_server(data, "--preload-models", "up-llamacpp,up-intramuros",
+                      env={"UPSTREAM_KEY": server.keys["user"]})
     try:
         client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0)
         for model in ("up-llamacpp", "up-intramuros"):

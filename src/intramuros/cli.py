@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 import types
 import typing
 from collections.abc import Callable
@@ -12,12 +13,15 @@ from pathlib import Path
 from typing import Any, get_args, get_origin
 
 import click
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from intramuros.catalog.catalog import ALL_CAPABILITIES, Catalog
 from intramuros.catalog.records import Capability
 from intramuros.errors import IntramurosError
+from intramuros.gate.policy import Limits, TenantPolicy
+from intramuros.gate.tenants import Role, Tenants, parse_duration
 from intramuros.offline import enforce_offline
 from intramuros.settings import Settings, load_settings
 
@@ -115,6 +119,12 @@ def serve(**options: Any) -> None:
         force=True,
     )
     app = create_app(settings)
+    if not settings.auth:
+        click.echo(
+            "WARNING: authentication is DISABLED (--no-auth). Every caller on this machine is "
+            f"an admin of tenant 'default'. Allowed only because {settings.host} is loopback.",
+            err=True,
+        )
     click.echo(
         f"intramuros serving on http://{settings.host}:{settings.port} "
         f"(data dir {settings.data_dir})",
@@ -299,6 +309,230 @@ def models_verify(names: tuple[str, ...], **options: Any) -> None:
             click.echo(f"  expected sha256 {r.expected}\n  actual   sha256 {r.actual}")
     if failed:
         sys.exit(1)
+
+
+# --------------------------------------------------------------------------
+# tenants, keys, usage
+# --------------------------------------------------------------------------
+
+
+def _tenants(options: dict[str, Any]) -> Tenants:
+    from intramuros.store.db import Database
+
+    settings = _settings(options)
+    db = Database(settings.resolved_database_url())
+    db.migrate()
+    return Tenants(db)
+
+
+def _policy_from(options: dict[str, Any], base: TenantPolicy | None = None) -> TenantPolicy:
+    """Build a policy from the policy flags; unset flags keep ``base``'s values."""
+    data = (base or TenantPolicy()).model_dump()
+    if options.pop("store_content", None) is not None:
+        data["store_content"] = True
+    if options.pop("no_store_content", None):
+        data["store_content"] = False
+    for name in ("retention_days",):
+        value = options.pop(name, None)
+        if value is not None:
+            data[name] = value
+    pii_default = options.pop("pii_default", None)
+    if pii_default:
+        data["pii_default"] = pii_default
+    for item in options.pop("pii", None) or ():
+        category, _, action = item.partition("=")
+        data["pii"][category.strip()] = action.strip()
+    for limit in ("rpm", "tpm", "monthly_tokens"):
+        value = options.pop(limit, None)
+        if value is not None:
+            data["limits"][limit] = value
+    try:
+        return TenantPolicy.model_validate(data)
+    except ValidationError as exc:
+        raise click.BadParameter(exc.errors()[0]["msg"]) from None
+
+
+_POLICY_OPTIONS = [
+    click.option("--store-content", is_flag=True, default=None,
+                 help="Keep prompt and output text in the ledger (encrypted)."),
+    click.option("--no-store-content", is_flag=True, default=None, help="Keep no text."),
+    click.option("--retention-days", type=click.IntRange(min=1), default=None,
+                 help="Days stored text is kept."),
+    click.option("--pii-default", type=click.Choice(["allow", "redact-in-logs", "pseudonymise",
+                                                      "block"]), default=None,
+                 help="Action for personal-data categories not listed with --pii."),
+    click.option("--pii", multiple=True, metavar="CATEGORY=ACTION",
+                 help="Per-category action, e.g. --pii iban=block --pii email=pseudonymise."),
+    click.option("--rpm", type=click.IntRange(min=1), default=None, help="Requests per minute."),
+    click.option("--tpm", type=click.IntRange(min=1), default=None, help="Tokens per minute."),
+    click.option("--monthly-tokens", type=click.IntRange(min=1), default=None,
+                 help="Tokens per calendar month."),
+]  # fmt: skip
+
+
+def policy_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The tenant-policy flags."""
+    for option in reversed(_POLICY_OPTIONS):
+        func = option(func)
+    return func
+
+
+@main.group("tenants")
+def tenants_group() -> None:
+    """Create, list and delete tenants; set their policies."""
+
+
+@tenants_group.command("create")
+@click.argument("name")
+@policy_options
+@settings_options(*_STATE_FIELDS)
+def tenants_create(name: str, **options: Any) -> None:
+    """Create a tenant (a department, a client organisation)."""
+    try:
+        policy = _policy_from(options)  # pops the policy flags first
+        store = _tenants(options)
+        store.create(name, policy)
+    except IntramurosError as exc:
+        _fail(exc)
+        return
+    console.print(f"created tenant {name}", highlight=False)
+
+
+@tenants_group.command("policy")
+@click.argument("name")
+@policy_options
+@settings_options(*_STATE_FIELDS)
+def tenants_policy(name: str, **options: Any) -> None:
+    """Show a tenant's policy, or change it with the flags."""
+    try:
+        flags = {k: options.pop(k) for k in list(options) if k not in _STATE_FIELDS}
+        store = _tenants(options)
+        policy = _policy_from(flags, store.policy(name))
+        store.set_policy(name, policy)
+    except IntramurosError as exc:
+        _fail(exc)
+        return
+    click.echo(policy.model_dump_json(indent=2))
+
+
+@tenants_group.command("list")
+@settings_options(*_STATE_FIELDS)
+def tenants_list(**options: Any) -> None:
+    """List tenants."""
+    try:
+        store = _tenants(options)
+        for name in store.names():
+            click.echo(f"{name}\t{store.policy(name).model_dump_json()}")
+    except IntramurosError as exc:
+        _fail(exc)
+
+
+@tenants_group.command("delete")
+@click.argument("name")
+@settings_options(*_STATE_FIELDS)
+def tenants_delete(name: str, **options: Any) -> None:
+    """Delete a tenant and revoke its keys (its ledger records stay)."""
+    try:
+        _tenants(options).delete(name)
+    except IntramurosError as exc:
+        _fail(exc)
+        return
+    console.print(f"deleted tenant {name}")
+
+
+@main.group("keys")
+def keys_group() -> None:
+    """Create, list and revoke API keys."""
+
+
+@keys_group.command("create")
+@click.option("--tenant", required=True, help="Tenant the key belongs to.")
+@click.option("--role", type=click.Choice(["user", "admin"]), default="user", show_default=True)
+@click.option("--expires", default=None, help="Lifetime, e.g. 90d, 12h, 30m.")
+@click.option("--models", default=None, help="Comma-separated models the key may use.")
+@click.option("--rpm", type=click.IntRange(min=1), default=None, help="Requests per minute.")
+@click.option("--tpm", type=click.IntRange(min=1), default=None, help="Tokens per minute.")
+@click.option("--monthly-tokens", type=click.IntRange(min=1), default=None,
+              help="Tokens per calendar month.")
+@settings_options(*_STATE_FIELDS)
+def keys_create(tenant: str, role: str, expires: str | None, models: str | None,
+                rpm: int | None, tpm: int | None, monthly_tokens: int | None,
+                **options: Any) -> None:  # fmt: skip
+    """Create a key and print it once; only its hash is stored."""
+    try:
+        store = _tenants(options)
+        key, info = store.create_key(
+            tenant, role=typing.cast(Role, role),
+            expires_in=parse_duration(expires) if expires else None,
+            models=tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
+            limits=Limits(rpm=rpm, tpm=tpm, monthly_tokens=monthly_tokens),
+        )  # fmt: skip
+    except IntramurosError as exc:
+        _fail(exc)
+        return
+    click.echo(key)
+    click.echo(f"key id {info.id}, tenant {info.tenant}, role {info.role}: store the key now, "
+               "it cannot be shown again", err=True)  # fmt: skip
+
+
+@keys_group.command("list")
+@click.option("--tenant", default=None, help="Only this tenant's keys.")
+@settings_options(*_STATE_FIELDS)
+def keys_list(tenant: str | None, **options: Any) -> None:
+    """List keys (never their secrets)."""
+    try:
+        keys = _tenants(options).keys(tenant)
+    except IntramurosError as exc:
+        _fail(exc)
+        return
+    table = Table(title="API keys")
+    for col in ("id", "tenant", "role", "state", "expires", "models"):
+        table.add_column(col)
+    now = time.time()
+    for k in keys:
+        state = "revoked" if k.revoked_at else (
+            "expired" if k.expires_at and k.expires_at <= now else "active")  # fmt: skip
+        expires = time.strftime("%Y-%m-%d %H:%M", time.gmtime(k.expires_at)) if k.expires_at \
+            else "never"  # fmt: skip
+        table.add_row(k.id, k.tenant, k.role, state, expires, ",".join(k.models or ["*"]))
+    console.print(table)
+
+
+@keys_group.command("revoke")
+@click.argument("key_id")
+@settings_options(*_STATE_FIELDS)
+def keys_revoke(key_id: str, **options: Any) -> None:
+    """Revoke a key at once."""
+    try:
+        _tenants(options).revoke(key_id)
+    except IntramurosError as exc:
+        _fail(exc)
+        return
+    console.print(f"revoked {key_id}")
+
+
+@main.command("usage")
+@click.option("--tenant", default=None, help="Only this tenant.")
+@click.option("--since", default=None, help="From this day (YYYY-MM-DD).")
+@click.option("--until", default=None, help="Up to this day (YYYY-MM-DD).")
+@settings_options(*_STATE_FIELDS)
+def usage_cmd(tenant: str | None, since: str | None, until: str | None, **options: Any) -> None:
+    """Token and request totals by tenant, model and day."""
+    from intramuros.gate.quotas import usage_report
+
+    try:
+        rows = usage_report(_tenants(options).db, tenant=tenant, since=since, until=until)
+    except IntramurosError as exc:
+        _fail(exc)
+        return
+    table = Table(title="usage")
+    for col in ("day", "tenant", "model", "requests", "prompt", "completion", "total"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["day"]), str(r["tenant"]), str(r["model"]), str(r["requests"]),
+                      str(r["prompt_tokens"]), str(r["completion_tokens"]),
+                      str(r["total_tokens"]))  # fmt: skip
+    console.print(table)
 
 
 if __name__ == "__main__":  # pragma: no cover

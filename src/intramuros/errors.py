@@ -105,6 +105,39 @@ class ModelNotFound(ClientError):
         self.model = model
 
 
+class AuthenticationError(ClientError):
+    """No API key, or one that is malformed, unknown, revoked or expired (401).
+
+    The message never says which of these it was: that would help a guesser.
+    """
+
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+    def __init__(self, message: str = "Invalid or missing API key.") -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class PermissionDenied(ClientError):
+    """A valid key that may not do this (admin route, model not allowed) (403)."""
+
+    status = 403
+    type = "permission_error"
+    code = "insufficient_permissions"
+
+
+class RateLimited(ClientError):
+    """A quota or rate limit is reached (429); the message names the limit."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after))})
+
+
 class ModelCapabilityError(ClientError):
     """The model exists but cannot do what was asked (e.g. embeddings from a chat model)."""
 

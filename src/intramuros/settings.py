@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -43,6 +43,13 @@ class Settings(BaseSettings):
         description="Address to bind. The default serves only this machine.",
     )
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port to listen on.")
+    auth: bool = Field(
+        default=True,
+        description=(
+            "Require an API key (Authorization: Bearer) on every /v1 route. --no-auth is "
+            "refused unless the server binds a loopback address."
+        ),
+    )
     data_dir: Path = Field(
         default_factory=default_data_dir,
         description="Where the database, assembled model files and logs live.",
@@ -106,6 +113,14 @@ class Settings(BaseSettings):
         description="TOML config file with any of these settings (also INTRAMUROS_CONFIG).",
     )
 
+    @model_validator(mode="after")
+    def _no_open_door(self) -> Settings:
+        if not self.auth and not _is_loopback(self.host):
+            raise ValueError(
+                f"authentication may only be disabled on a loopback address, not {self.host}"
+            )
+        return self
+
     @field_validator("preload_models", mode="before")
     @classmethod
     def _split_models(cls, value: Any) -> Any:
@@ -143,6 +158,17 @@ class Settings(BaseSettings):
     def models_dir(self) -> Path:
         """Where model files assembled from packages are kept."""
         return self.data_dir / "models"
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _config_file_from(init_settings: PydanticBaseSettingsSource) -> Path | None:

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from intramuros import __version__
 from intramuros.api import errors
 from intramuros.api.middleware import BodyLimitMiddleware
-from intramuros.api.routes import health, inference, models
+from intramuros.api.routes import admin, health, inference, models
 from intramuros.serving.service import InferenceService
 from intramuros.settings import Settings
 
@@ -39,5 +39,6 @@ def create_app(settings: Settings, service: InferenceService | None = None) -> F
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(inference.router)
+    app.include_router(admin.router)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     return app

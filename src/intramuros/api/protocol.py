@@ -480,3 +480,25 @@ class ErrorResponse(_Wire):
     """``{"error": {...}}``."""
 
     error: ErrorDetail
+
+
+# --------------------------------------------------------------------------
+# Administration and usage
+# --------------------------------------------------------------------------
+
+
+class TenantCreateRequest(_Request):
+    """``POST /v1/admin/tenants``."""
+
+    name: str
+    policy: dict[str, Any] | None = None
+
+
+class KeyCreateRequest(_Request):
+    """``POST /v1/admin/keys``."""
+
+    tenant: str
+    role: Literal["user", "admin"] = "user"
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+    models: list[str] | None = None
+    limits: dict[str, int | None] | None = None

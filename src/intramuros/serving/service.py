@@ -29,7 +29,12 @@ from intramuros.errors import (
     ContextLengthExceeded,
     IntramurosError,
     InvalidRequest,
+    NotFound,
+    PermissionDenied,
 )
+from intramuros.gate.policy import TenantPolicy
+from intramuros.gate.quotas import Quotas, record_usage
+from intramuros.gate.tenants import Principal, Tenants
 from intramuros.meter.metrics import Metrics
 from intramuros.serving import convert
 from intramuros.serving.pool import LoadedModel, ModelPool
@@ -56,6 +61,8 @@ class CallMeter:
     error_code: str | None = None
     weights_sha256: str | None = None
     request_id: str = field(default_factory=lambda: secrets.token_hex(12))
+    tenant: str | None = None
+    key_id: str | None = None
 
     def mark_first(self) -> None:
         """Note the first generated output."""
@@ -72,6 +79,8 @@ class InferenceService:
         self.catalog = Catalog(self.db, settings)
         self.metrics = Metrics()
         self.pool = ModelPool(self.catalog, settings, self.metrics)
+        self.tenants = Tenants(self.db)
+        self.quotas = Quotas(self.db)
         self.ready = False
         self.preload_error: str | None = None
 
@@ -107,18 +116,42 @@ class InferenceService:
             id=record.name, created=record.created, owned_by="intramuros", intramuros=info
         )
 
-    def list_models(self) -> p.ModelList:
-        """Every model in the catalogue."""
-        return p.ModelList(data=[self.model_card(r) for r in self.catalog.records()])
+    def list_models(self, who: Principal) -> p.ModelList:
+        """Every model in the catalogue that the caller's key may use."""
+        return p.ModelList(
+            data=[self.model_card(r) for r in self.catalog.records() if who.may_use(r.name)]
+        )
+
+    def policy_of(self, tenant: str) -> TenantPolicy:
+        """The tenant's policy (the default one for a tenant not in the database)."""
+        try:
+            return self.tenants.policy(tenant)
+        except NotFound:
+            return TenantPolicy()
+
+    async def _admit(self, who: Principal, meter: CallMeter) -> TenantPolicy:
+        """Model allowed for this key? Limits left? Counts the request if so."""
+        meter.tenant, meter.key_id = who.tenant, who.key_id
+        if not who.may_use(meter.model):
+            raise PermissionDenied(
+                f"This API key may not use model '{meter.model}'.", param="model"
+            )
+        policy = await asyncio.to_thread(self.policy_of, who.tenant)
+        scopes = [("tenant", who.tenant, policy.limits)]
+        if who.key_id is not None:
+            scopes.append(("key", who.key_id, who.limits))
+        await asyncio.to_thread(self.quotas.admit, scopes)
+        return policy
 
     # -- chat ----------------------------------------------------------------
 
     async def chat(
-        self, req: p.ChatCompletionRequest
+        self, req: p.ChatCompletionRequest, who: Principal
     ) -> p.ChatCompletionResponse | AsyncIterator[p.ChatCompletionChunk]:
         """A chat completion, whole or as a stream of chunks."""
         meter = CallMeter("/v1/chat/completions", req.model)
         try:
+            await self._admit(who, meter)
             model = await self.pool.get(req.model)
             params = convert.chat_params(req, model.record)
             meter.weights_sha256 = model.record.sha256
@@ -198,11 +231,12 @@ class InferenceService:
     # -- completions ---------------------------------------------------------
 
     async def completion(
-        self, req: p.CompletionRequest
+        self, req: p.CompletionRequest, who: Principal
     ) -> p.CompletionResponse | AsyncIterator[p.CompletionResponse]:
         """A text completion (one choice per prompt), whole or streamed."""
         meter = CallMeter("/v1/completions", req.model)
         try:
+            await self._admit(who, meter)
             model = await self.pool.get(req.model)
             meter.weights_sha256 = model.record.sha256
             prompts = convert.completion_prompts(req)
@@ -289,10 +323,11 @@ class InferenceService:
 
     # -- embeddings ------------------------------------------------------------
 
-    async def embeddings(self, req: p.EmbeddingRequest) -> p.EmbeddingResponse:
+    async def embeddings(self, req: p.EmbeddingRequest, who: Principal) -> p.EmbeddingResponse:
         """Vectors for each input, as floats or base64 of little-endian float32."""
         meter = CallMeter("/v1/embeddings", req.model)
         try:
+            await self._admit(who, meter)
             model = await self.pool.get(req.model)
             meter.weights_sha256 = model.record.sha256
             convert.require(model.record, "embeddings", "embeddings")
@@ -466,8 +501,17 @@ class InferenceService:
                 latency_ms=(now - meter.started) * 1000,
                 ttft_ms=((meter.first_token - meter.started) * 1000
                          if meter.first_token is not None else None),
-                weights_sha256=meter.weights_sha256,
+                weights_sha256=meter.weights_sha256, tenant=meter.tenant, key_id=meter.key_id,
             )  # fmt: skip
+            if meter.tenant is not None and meter.status < 400:
+                tokens = meter.prompt_tokens + meter.completion_tokens
+                scopes = [("tenant", meter.tenant)]
+                if meter.key_id is not None:
+                    scopes.append(("key", meter.key_id))
+                self.quotas.charge(scopes, tokens)
+                record_usage(self.db, tenant=meter.tenant, key_id=meter.key_id or "-",
+                             model=meter.model, prompt=meter.prompt_tokens,
+                             completion=meter.completion_tokens, now=time.time())  # fmt: skip
         except IntramurosError as err:  # the answer matters more than its log line
             log.error("could not write request log: %s", err.message)
 

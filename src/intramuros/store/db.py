@@ -56,15 +56,82 @@ request_log = sa.Table(
     sa.Column("latency_ms", sa.Float, nullable=False),
     sa.Column("ttft_ms", sa.Float, nullable=True),
     sa.Column("weights_sha256", sa.String(64), nullable=True),
+    sa.Column("tenant", sa.String(64), nullable=True),
+    sa.Column("key_id", sa.String(32), nullable=True),
 )
+
+tenants = sa.Table(
+    "tenants",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("policy", sa.Text, nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False, index=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("salt", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=True),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+    sa.Column("models", sa.Text, nullable=True),
+    sa.Column("limits", sa.Text, nullable=True),
+)
+
+usage = sa.Table(
+    "usage",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("model", sa.String(200), primary_key=True),
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("requests", sa.Integer, nullable=False),
+    sa.Column("prompt_tokens", sa.BigInteger, nullable=False),
+    sa.Column("completion_tokens", sa.BigInteger, nullable=False),
+)
+
+
+def _v1_tables() -> tuple[sa.Table, ...]:
+    """``models`` and ``request_log`` exactly as version 1 created them."""
+    v1 = sa.MetaData()
+    return (
+        sa.Table(
+            "models", v1,
+            sa.Column("name", sa.String(200), primary_key=True),
+            sa.Column("engine", sa.String(100), nullable=False),
+            sa.Column("sha256", sa.String(64), nullable=True),
+            sa.Column("record", sa.Text, nullable=False),
+            sa.Column("updated_at", sa.Float, nullable=False),
+        ),
+        sa.Table(
+            "request_log", v1,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("request_id", sa.String(64), nullable=False),
+            sa.Column("ts", sa.Float, nullable=False),
+            sa.Column("route", sa.String(100), nullable=False),
+            sa.Column("model", sa.String(200), nullable=True),
+            sa.Column("status", sa.Integer, nullable=False),
+            sa.Column("error_code", sa.String(100), nullable=True),
+            sa.Column("prompt_tokens", sa.Integer, nullable=False, default=0),
+            sa.Column("completion_tokens", sa.Integer, nullable=False, default=0),
+            sa.Column("latency_ms", sa.Float, nullable=False),
+            sa.Column("ttft_ms", sa.Float, nullable=True),
+            sa.Column("weights_sha256", sa.String(64), nullable=True),
+        ),
+    )  # fmt: skip
 
 
 def _create(*tables: sa.Table) -> Callable[[Connection], None]:
     """Create tables from a private copy of their definition.
 
-    The copy keeps later DDL (indexes added by later steps) off the shared
-    ``metadata``. When a later step alters one of these tables, freeze this
-    step by spelling out the table as it was at version 1.
+    The copy keeps later DDL off the shared ``metadata``. When a later step
+    alters one of these tables, freeze the earlier step by spelling the table
+    out as it was then (see ``_v1_tables``).
     """
 
     def step(conn: Connection) -> None:
@@ -73,6 +140,11 @@ def _create(*tables: sa.Table) -> Callable[[Connection], None]:
             table.to_metadata(frozen).create(conn)
 
     return step
+
+
+def _create_v1(conn: Connection) -> None:
+    for table in _v1_tables():
+        table.create(conn)
 
 
 def _sql(*statements: str) -> Callable[[Connection], None]:
@@ -95,8 +167,14 @@ class Migration:
 
 
 MIGRATIONS: list[Migration] = [
-    Migration(1, "models and request log", _create(models, request_log)),
+    Migration(1, "models and request log", _create_v1),
     Migration(2, "request log by time", _sql("CREATE INDEX ix_request_log_ts ON request_log (ts)")),
+    Migration(3, "tenants, api keys, usage", _create(tenants, api_keys, usage)),
+    Migration(4, "request log by tenant", _sql(
+        "ALTER TABLE request_log ADD COLUMN tenant VARCHAR(64)",
+        "ALTER TABLE request_log ADD COLUMN key_id VARCHAR(32)",
+        "CREATE INDEX ix_request_log_tenant ON request_log (tenant, ts)",
+    )),
 ]
 
 

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
 from intramuros.api import protocol as p
+from intramuros.errors import ModelNotFound
+from intramuros.gate.auth import principal
+from intramuros.gate.tenants import Principal
 from intramuros.serving.service import InferenceService
 
 router = APIRouter(prefix="/v1")
 
 
 @router.get("/models", response_model=p.ModelList)
-async def list_models(request: Request) -> p.ModelList:
-    """Every model, with sha256, licence, origin and capabilities under ``intramuros``."""
+async def list_models(request: Request, who: Principal = Depends(principal)) -> p.ModelList:
+    """Every model the key may use, with sha256, licence, origin and capabilities."""
     service: InferenceService = request.app.state.service
-    return service.list_models()
+    return service.list_models(who)
 
 
 @router.get("/models/{model_id:path}", response_model=p.ModelCard)
-async def get_model(model_id: str, request: Request) -> p.ModelCard:
-    """One model; 404 ``model_not_found`` if unknown."""
+async def get_model(
+    model_id: str, request: Request, who: Principal = Depends(principal)
+) -> p.ModelCard:
+    """One model; 404 ``model_not_found`` if unknown (or not allowed for this key)."""
     service: InferenceService = request.app.state.service
+    if not who.may_use(model_id):
+        raise ModelNotFound(model_id)
     return service.model_card(service.catalog.get(model_id))

@@ -1,0 +1,1 @@
+"""The gate every call passes: tenants, keys, roles, policies, personal data, quotas."""

@@ -1,0 +1,156 @@
+"""Quotas: requests and tokens per minute, tokens per month, per key and per tenant.
+
+Per-minute windows are kept in this process's memory (sliding 60 s windows):
+with several gateway replicas each enforces its own share; the monthly budget
+is read from the ``usage`` table, which all replicas share.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+from intramuros.errors import RateLimited
+from intramuros.gate.policy import Limits
+from intramuros.store.db import Database, usage
+
+WINDOW = 60.0
+
+
+class _Window:
+    """Events (time, tokens) of the last minute."""
+
+    def __init__(self) -> None:
+        self.requests: deque[float] = deque()
+        self.tokens: deque[tuple[float, int]] = deque()
+
+    def trim(self, now: float) -> None:
+        while self.requests and self.requests[0] <= now - WINDOW:
+            self.requests.popleft()
+        while self.tokens and self.tokens[0][0] <= now - WINDOW:
+            self.tokens.popleft()
+
+    def token_sum(self) -> int:
+        return sum(n for _, n in self.tokens)
+
+
+def month_start(now: float) -> tuple[str, float]:
+    """(first day ``YYYY-MM-01``, seconds until next month) in UTC."""
+    d = dt.datetime.fromtimestamp(now, dt.UTC)
+    days = calendar.monthrange(d.year, d.month)[1]
+    nxt = d.replace(day=1, hour=0, minute=0, second=0, microsecond=0) + dt.timedelta(days=days)
+    return f"{d.year:04d}-{d.month:02d}-01", (nxt - d).total_seconds()
+
+
+class Quotas:
+    """Checks limits before a call and charges tokens after it."""
+
+    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self.clock = clock
+        self._windows: dict[tuple[str, str], _Window] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, scopes: list[tuple[str, str, Limits]]) -> None:
+        """Count one request against each ``(kind, id, limits)``, or raise ``RateLimited``.
+
+        Nothing is counted unless every scope admits the request.
+        """
+        now = self.clock()
+        with self._lock:
+            for kind, ident, limits in scopes:
+                window = self._windows.setdefault((kind, ident), _Window())
+                window.trim(now)
+                if limits.rpm is not None and len(window.requests) >= limits.rpm:
+                    wait = window.requests[0] + WINDOW - now
+                    raise RateLimited(
+                        f"Rate limit reached for {kind} {ident}: {limits.rpm} requests per "
+                        f"minute.", retry_after=math.ceil(wait))  # fmt: skip
+                if limits.tpm is not None and window.token_sum() >= limits.tpm:
+                    wait = window.tokens[0][0] + WINDOW - now
+                    raise RateLimited(
+                        f"Rate limit reached for {kind} {ident}: {limits.tpm} tokens per minute.",
+                        retry_after=math.ceil(wait))  # fmt: skip
+            for kind, ident, limits in scopes:
+                if limits.monthly_tokens is not None:
+                    used = self.month_tokens(kind, ident, now)
+                    if used >= limits.monthly_tokens:
+                        _, wait = month_start(now)
+                        raise RateLimited(
+                            f"Monthly token budget of {limits.monthly_tokens} reached for "
+                            f"{kind} {ident}.", retry_after=math.ceil(wait))  # fmt: skip
+            for kind, ident, _limits in scopes:
+                self._windows[(kind, ident)].requests.append(now)
+
+    def charge(self, scopes: list[tuple[str, str]], tokens: int) -> None:
+        """Add a finished call's tokens to the per-minute windows."""
+        if tokens <= 0:
+            return
+        now = self.clock()
+        with self._lock:
+            for kind, ident in scopes:
+                self._windows.setdefault((kind, ident), _Window()).tokens.append((now, tokens))
+
+    def month_tokens(self, kind: str, ident: str, now: float) -> int:
+        """Tokens used this calendar month by a tenant or a key (from ``usage``)."""
+        first, _ = month_start(now)
+        column = usage.c.tenant if kind == "tenant" else usage.c.key_id
+        query = sa.select(sa.func.coalesce(
+            sa.func.sum(usage.c.prompt_tokens + usage.c.completion_tokens), 0
+        )).where(column == ident, usage.c.day >= first)  # fmt: skip
+        with self.db.begin() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+
+def record_usage(
+    db: Database, *, tenant: str, key_id: str, model: str, prompt: int, completion: int,
+    now: float,
+) -> None:  # fmt: skip
+    """Add one call to the daily ``usage`` totals (update, else insert)."""
+    day = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d")
+    where = (usage.c.tenant == tenant, usage.c.key_id == key_id, usage.c.model == model,
+             usage.c.day == day)  # fmt: skip
+    with db.begin() as conn:
+        updated = conn.execute(usage.update().where(*where).values(
+            requests=usage.c.requests + 1,
+            prompt_tokens=usage.c.prompt_tokens + prompt,
+            completion_tokens=usage.c.completion_tokens + completion,
+        )).rowcount  # fmt: skip
+        if not updated:
+            conn.execute(usage.insert().values(
+                tenant=tenant, key_id=key_id, model=model, day=day, requests=1,
+                prompt_tokens=prompt, completion_tokens=completion))  # fmt: skip
+
+
+def usage_report(
+    db: Database, *, tenant: str | None, since: str | None = None, until: str | None = None
+) -> list[dict[str, object]]:
+    """Totals by tenant, model and day (``since``/``until`` are ``YYYY-MM-DD``)."""
+    query = sa.select(
+        usage.c.tenant, usage.c.model, usage.c.day,
+        sa.func.sum(usage.c.requests).label("requests"),
+        sa.func.sum(usage.c.prompt_tokens).label("prompt_tokens"),
+        sa.func.sum(usage.c.completion_tokens).label("completion_tokens"),
+    ).group_by(usage.c.tenant, usage.c.model, usage.c.day).order_by(
+        usage.c.day, usage.c.tenant, usage.c.model)  # fmt: skip
+    if tenant is not None:
+        query = query.where(usage.c.tenant == tenant)
+    if since:
+        query = query.where(usage.c.day >= since)
+    if until:
+        query = query.where(usage.c.day <= until)
+    with db.begin() as conn:
+        return [
+            {**dict(row), "requests": int(row["requests"]),
+             "prompt_tokens": int(row["prompt_tokens"]),
+             "completion_tokens": int(row["completion_tokens"]),
+             "total_tokens": int(row["prompt_tokens"]) + int(row["completion_tokens"])}
+            for row in conn.execute(query).mappings()
+        ]  # fmt: skip
