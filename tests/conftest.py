@@ -155,7 +155,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         auth=True,
     )  # fmt: skip
     yield srv
+    # The whole suite's use of the shared server made no refused outbound attempt.
+    metrics = httpx.get(srv.base_url + "/metrics", timeout=30).text
     stop_server(srv)
+    assert "intramuros_egress_refused_total 0.0" in metrics, "the server tried to reach out"
 
 
 @pytest.fixture(scope="session")

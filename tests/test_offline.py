@@ -85,3 +85,10 @@ def test_full_session_opens_no_outside_socket(tmp_path: Path) -> None:
     assert trace.strip() or "connect" not in trace
     outside = [a for a in remote_addresses(trace) if not ipaddress.ip_address(a).is_loopback]
     assert outside == [], f"the server tried to reach {outside}"
+
+
+def test_server_runs_with_the_egress_guard(server) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    metrics = httpx.get(server.base_url + "/metrics", timeout=30).text
+    assert "intramuros_egress_refused_total 0.0" in metrics

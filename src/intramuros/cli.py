@@ -130,8 +130,9 @@ def serve(**options: Any) -> None:
         f"(data dir {settings.data_dir})",
         err=True,
     )
+    # loop="asyncio": uvloop would resolve and connect in C, past the egress guard.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=5)  # fmt: skip
+                timeout_graceful_shutdown=5, loop="asyncio")  # fmt: skip
 
 
 # --------------------------------------------------------------------------

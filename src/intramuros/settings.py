@@ -50,6 +50,13 @@ class Settings(BaseSettings):
             "refused unless the server binds a loopback address."
         ),
     )
+    egress_guard: bool = Field(
+        default=True,
+        description=(
+            "Refuse outbound connections from the server process except to loopback and the "
+            "hosts of upstream engines in the catalogue (refusals are logged and counted)."
+        ),
+    )
     data_dir: Path = Field(
         default_factory=default_data_dir,
         description="Where the database, assembled model files and logs live.",

@@ -64,6 +64,13 @@ class ModelRecord(BaseModel):
         """True when the model declares ``capability``."""
         return capability in self.capabilities
 
+    def upstream_host(self) -> str | None:
+        """The host an upstream engine's model connects to, if any."""
+        from urllib.parse import urlsplit
+
+        base = self.options.get("base_url") if self.engine == "openai-upstream" else None
+        return urlsplit(str(base)).hostname if base else None
+
     def weights_path(self) -> Path | None:
         """The weights file as a path, if the model has local weights."""
         return Path(self.path) if self.path else None

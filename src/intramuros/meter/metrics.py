@@ -61,6 +61,11 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.egress_refused = Counter(
+            "intramuros_egress_refused",
+            "Outbound connections or name lookups refused by the egress guard.",
+            registry=self.registry,
+        )
         self.models_loaded = Gauge(
             "intramuros_models_loaded", "Models loaded now.", registry=self.registry
         )

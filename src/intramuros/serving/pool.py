@@ -77,6 +77,7 @@ class ModelPool:
                 f"Model '{record.name}' needs engine '{record.engine}', which is not available."
             ) from None
         engine = cls(record, self.settings)
+        self._allow_upstream(record)
         engine.load()
         log.info("loaded model %s (%s, sha256 %s)", record.name, record.engine, record.sha256)
         gauge = self.metrics.queue_depth.labels(model=record.name)
@@ -88,6 +89,15 @@ class ModelPool:
             on_depth=gauge.set,
         )
         return LoadedModel(record=record, engine=engine, lane=lane)
+
+    @staticmethod
+    def _allow_upstream(record: ModelRecord) -> None:
+        """An upstream model added after start-up: let the egress guard reach its host."""
+        from intramuros.egress import current_guard
+
+        guard, host = current_guard(), record.upstream_host()
+        if guard is not None and host is not None and not guard.policy.allows_name(host):
+            guard.update(guard.policy.with_hosts(host))
 
     async def close(self) -> None:
         """Unload everything."""

@@ -90,6 +90,8 @@ class InferenceService:
         """Migrate the database, register bundled models, preload the configured ones."""
         await asyncio.to_thread(self.db.migrate)
         await asyncio.to_thread(self.catalog.sync_bundled)
+        if self.settings.egress_guard:
+            self._guard_egress()
         for name in self.settings.preload_models:
             try:
                 await self.pool.get(name)
@@ -98,6 +100,22 @@ class InferenceService:
                 self.preload_error = f"{name}: {exc.message}"
                 log.error("could not preload %s: %s", name, exc.message)
         self.ready = self.preload_error is None
+
+    def _guard_egress(self) -> None:
+        """Install the process-wide egress guard: loopback plus upstream engines' hosts."""
+        from intramuros.egress import EgressPolicy, install_guard
+
+        hosts = [h for r in self.catalog.records() if (h := r.upstream_host()) is not None]
+        if self.settings.database_url:
+            db_host = self.db.engine.url.host
+            if db_host:
+                hosts.append(db_host)  # the shared PostgreSQL of several replicas
+
+        def refused(target: str) -> None:
+            self.metrics.egress_refused.inc()
+            log.warning("egress refused: %s", target)
+
+        install_guard(EgressPolicy(hosts=frozenset(hosts)), on_refused=refused)
 
     async def close(self) -> None:
         """Unload models and close the database."""
