@@ -21,7 +21,9 @@ from intramuros.catalog.catalog import ALL_CAPABILITIES, Catalog
 from intramuros.catalog.records import Capability
 from intramuros.errors import IntramurosError
 from intramuros.gate.policy import Limits, TenantPolicy
+from intramuros.gate.retention import run_retention
 from intramuros.gate.tenants import Role, Tenants, parse_duration
+from intramuros.ledger import Checkpoint, Ledger, LedgerKeys, generate_key_file, rotate
 from intramuros.offline import enforce_offline
 from intramuros.settings import Settings, load_settings
 
@@ -393,6 +395,7 @@ def tenants_create(name: str, **options: Any) -> None:
         policy = _policy_from(options)  # pops the policy flags first
         store = _tenants(options)
         store.create(name, policy)
+        _audit(options, "tenant_create", name, policy=policy.model_dump())
     except IntramurosError as exc:
         _fail(exc)
         return
@@ -410,6 +413,7 @@ def tenants_policy(name: str, **options: Any) -> None:
         store = _tenants(options)
         policy = _policy_from(flags, store.policy(name))
         store.set_policy(name, policy)
+        _audit(options, "tenant_policy", name, policy=policy.model_dump())
     except IntramurosError as exc:
         _fail(exc)
         return
@@ -435,6 +439,7 @@ def tenants_delete(name: str, **options: Any) -> None:
     """Delete a tenant and revoke its keys (its ledger records stay)."""
     try:
         _tenants(options).delete(name)
+        _audit(options, "tenant_delete", name)
     except IntramurosError as exc:
         _fail(exc)
         return
@@ -468,6 +473,7 @@ def keys_create(tenant: str, role: str, expires: str | None, models: str | None,
             models=tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
             limits=Limits(rpm=rpm, tpm=tpm, monthly_tokens=monthly_tokens),
         )  # fmt: skip
+        _audit(options, "key_create", tenant, key_id=info.id, role=role)
     except IntramurosError as exc:
         _fail(exc)
         return
@@ -506,6 +512,7 @@ def keys_revoke(key_id: str, **options: Any) -> None:
     """Revoke a key at once."""
     try:
         _tenants(options).revoke(key_id)
+        _audit(options, "key_revoke", None, key_id=key_id)
     except IntramurosError as exc:
         _fail(exc)
         return
@@ -534,6 +541,161 @@ def usage_cmd(tenant: str | None, since: str | None, until: str | None, **option
                       str(r["prompt_tokens"]), str(r["completion_tokens"]),
                       str(r["total_tokens"]))  # fmt: skip
     console.print(table)
+
+
+# --------------------------------------------------------------------------
+# ledger, erasure, retention
+# --------------------------------------------------------------------------
+
+
+def _ledger(options: dict[str, Any]) -> Ledger:
+    from intramuros.store.db import Database
+
+    settings = _settings(options)
+    db = Database(settings.resolved_database_url())
+    db.migrate()
+    return Ledger(db, LedgerKeys.load(settings.ledger_key_file))
+
+
+def _actor() -> str:
+    """Who ran an admin command: the operating-system user."""
+    import getpass
+
+    try:
+        return "cli:" + getpass.getuser()
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+def _audit(options: dict[str, Any], action: str, tenant: str | None, **details: Any) -> None:
+    """Append an admin action to the ledger."""
+    _ledger(options).append("admin", tenant=tenant, key_id=None, subject=None,
+                            data={"action": action, "actor": _actor(), **details})  # fmt: skip
+
+
+@main.group("ledger")
+def ledger_group() -> None:
+    """Verify, checkpoint and export the tamper-evident ledger; manage its key."""
+
+
+@ledger_group.command("verify")
+@click.option("--checkpoint", "checkpoint_file", type=click.Path(path_type=Path), default=None,
+              help="A checkpoint kept from `ledger checkpoint`: also detects truncation.")
+@settings_options(*_STATE_FIELDS, "ledger_key_file")
+def ledger_verify(checkpoint_file: Path | None, **options: Any) -> None:
+    """Check the whole hash chain (and stored content); exit 1 naming the first bad record."""
+    try:
+        checkpoint = Checkpoint.from_json(checkpoint_file.read_text()) if checkpoint_file \
+            else None  # fmt: skip
+        report = _ledger(options).verify(checkpoint)
+    except OSError as exc:
+        _error(f"cannot read checkpoint: {exc.strerror}")
+        return
+    except IntramurosError as exc:
+        _fail(exc)
+        return
+    click.echo(json.dumps(report.to_dict(), indent=2))
+    if not report.ok:
+        _error(f"ledger verification FAILED at record {report.first_bad_seq}: {report.reason}")
+
+
+@ledger_group.command("checkpoint")
+@settings_options(*_STATE_FIELDS, "ledger_key_file")
+def ledger_checkpoint(**options: Any) -> None:
+    """Print the head of the chain, to keep somewhere the database's admins cannot write."""
+    try:
+        click.echo(_ledger(options).checkpoint().to_json())
+    except IntramurosError as exc:
+        _fail(exc)
+
+
+def _when(value: str | None, param: str) -> float | None:
+    import datetime as dt
+
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{param}: use an ISO date or time, e.g. 2026-11-01") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.timestamp()
+
+
+@ledger_group.command("export")
+@click.option("--tenant", default=None, help="Only this tenant's records (others redacted).")
+@click.option("--since", default=None, help="From this ISO date/time (UTC).")
+@click.option("--until", default=None, help="Before this ISO date/time (UTC).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Directory for records.jsonl and manifest.json.")
+@settings_options(*_STATE_FIELDS, "ledger_key_file")
+def ledger_export(tenant: str | None, since: str | None, until: str | None, out_dir: Path,
+                  **options: Any) -> None:  # fmt: skip
+    """Write records as JSON lines for an auditor, with a manifest of the chain hashes."""
+    try:
+        ledger = _ledger(options)
+        path = ledger.export(out_dir, tenant=tenant, since=_when(since, "--since"),
+                             until=_when(until, "--until"))  # fmt: skip
+        _audit(options, "ledger_export", tenant, since=since, until=until)
+    except IntramurosError as exc:
+        _fail(exc)
+        return
+    click.echo(f"exported to {path}")
+
+
+@ledger_group.command("keygen")
+@click.argument("path", type=click.Path(path_type=Path))
+def ledger_keygen(path: Path) -> None:
+    """Create a ledger key file (mode 0600). Keep it off the database host's backups."""
+    try:
+        generate_key_file(path)
+    except IntramurosError as exc:
+        _fail(exc)
+        return
+    click.echo(f"created {path}; start the server with --ledger-key-file {path}")
+
+
+@ledger_group.command("rotate")
+@click.argument("path", type=click.Path(path_type=Path))
+def ledger_rotate(path: Path) -> None:
+    """Add a new key version and make it current; old versions still decrypt."""
+    try:
+        keys = rotate(path)
+    except IntramurosError as exc:
+        _fail(exc)
+        return
+    click.echo(f"current key version is now {keys.current}")
+
+
+@main.command("erase")
+@click.option("--tenant", required=True, help="Tenant of the subject.")
+@click.option("--subject", required=True, help="End-user id the client passed (user/metadata).")
+@settings_options(*_STATE_FIELDS, "ledger_key_file")
+def erase(tenant: str, subject: str, **options: Any) -> None:
+    """Delete a subject's stored content everywhere; the ledger keeps a tombstone."""
+    try:
+        count = _ledger(options).erase_subject(tenant, subject, actor=_actor())
+    except IntramurosError as exc:
+        _fail(exc)
+        return
+    click.echo(f"erased stored content of {count} record(s) of subject {subject!r} in {tenant}")
+
+
+@main.command("purge")
+@click.option("--tenant", default=None, help="Only this tenant (default: every tenant).")
+@settings_options(*_STATE_FIELDS, "ledger_key_file")
+def purge(tenant: str | None, **options: Any) -> None:
+    """Apply retention now: erase stored text older than each tenant's retention period."""
+    try:
+        store = _tenants(dict(options))
+        ledger = _ledger(options)
+        done = run_retention(store, ledger, actor=_actor(), tenant=tenant)
+    except IntramurosError as exc:
+        _fail(exc)
+        return
+    for name, count in done.items():
+        click.echo(f"{name}: purged {count} record(s)")
 
 
 if __name__ == "__main__":  # pragma: no cover

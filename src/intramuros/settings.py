@@ -68,6 +68,17 @@ class Settings(BaseSettings):
             "Use postgresql+psycopg://... to share state between replicas."
         ),
     )
+    ledger_key_file: Path | None = Field(
+        default=None,
+        description=(
+            "Key file (from `intramuros ledger keygen`) that encrypts prompt and output text "
+            "kept in the ledger; else INTRAMUROS_LEDGER_KEY (base64, 32 bytes). Never stored "
+            "in the database. Without a key, no text is kept."
+        ),
+    )
+    purge_interval_seconds: int = Field(
+        default=3600, ge=10, description="How often the retention purge runs in the server."
+    )
     preload_models: list[str] = Field(
         default_factory=lambda: ["smollm2-135m-instruct"],
         description=(

@@ -66,6 +66,11 @@ class Metrics:
             "Outbound connections or name lookups refused by the egress guard.",
             registry=self.registry,
         )
+        self.ledger_failures = Counter(
+            "intramuros_ledger_failures",
+            "Calls whose ledger record could not be written.",
+            registry=self.registry,
+        )
         self.models_loaded = Gauge(
             "intramuros_models_loaded", "Models loaded now.", registry=self.registry
         )

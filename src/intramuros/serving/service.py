@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -32,9 +32,12 @@ from intramuros.errors import (
     NotFound,
     PermissionDenied,
 )
+from intramuros.gate import privacy
 from intramuros.gate.policy import TenantPolicy
+from intramuros.gate.privacy import PiiDecision
 from intramuros.gate.quotas import Quotas, record_usage
 from intramuros.gate.tenants import Principal, Tenants
+from intramuros.ledger import Ledger, LedgerKeys
 from intramuros.meter.metrics import Metrics
 from intramuros.serving import convert
 from intramuros.serving.pool import LoadedModel, ModelPool
@@ -63,6 +66,12 @@ class CallMeter:
     request_id: str = field(default_factory=lambda: secrets.token_hex(12))
     tenant: str | None = None
     key_id: str | None = None
+    subject: str | None = None
+    pii: PiiDecision | None = None
+    # Only filled when the tenant keeps content (then redacted before it is written).
+    keep_content: bool = False
+    prompt_texts: list[str] = field(default_factory=list)
+    output: list[str] = field(default_factory=list)
 
     def mark_first(self) -> None:
         """Note the first generated output."""
@@ -80,6 +89,7 @@ class InferenceService:
         self.metrics = Metrics()
         self.pool = ModelPool(self.catalog, settings, self.metrics)
         self.tenants = Tenants(self.db)
+        self.ledger = Ledger(self.db, LedgerKeys.load(settings.ledger_key_file))
         self.quotas = Quotas(self.db)
         self.ready = False
         self.preload_error: str | None = None
@@ -100,6 +110,25 @@ class InferenceService:
                 self.preload_error = f"{name}: {exc.message}"
                 log.error("could not preload %s: %s", name, exc.message)
         self.ready = self.preload_error is None
+        self._purger = asyncio.create_task(self._retention_loop())
+
+    async def _retention_loop(self) -> None:
+        """Purge stored text past each tenant's retention, on a schedule."""
+        from intramuros.gate.retention import run_retention
+
+        while True:
+            try:
+                await asyncio.to_thread(run_retention, self.tenants, self.ledger,
+                                        actor="retention-schedule")  # fmt: skip
+            except IntramurosError as exc:
+                log.error("retention purge failed: %s", exc.message)
+            await asyncio.sleep(self.settings.purge_interval_seconds)
+
+    def audit(self, who: Principal, action: str, tenant: str | None, **details: Any) -> None:
+        """Append an admin action done over HTTP to the ledger."""
+        actor = f"key:{who.key_id}" if who.key_id else "no-auth"
+        self.ledger.append("admin", tenant=tenant, key_id=who.key_id, subject=None,
+                           data={"action": action, "actor": actor, **details})  # fmt: skip
 
     def _guard_egress(self) -> None:
         """Install the process-wide egress guard: loopback plus upstream engines' hosts."""
@@ -118,7 +147,10 @@ class InferenceService:
         install_guard(EgressPolicy(hosts=frozenset(hosts)), on_refused=refused)
 
     async def close(self) -> None:
-        """Unload models and close the database."""
+        """Stop the purge schedule, unload models and close the database."""
+        purger = getattr(self, "_purger", None)
+        if purger is not None:
+            purger.cancel()
         await self.pool.close()
         self.db.close()
 
@@ -147,6 +179,36 @@ class InferenceService:
         except NotFound:
             return TenantPolicy()
 
+    def _privacy(
+        self, meter: CallMeter, policy: TenantPolicy, texts: list[str], param: str
+    ) -> PiiDecision:
+        """Apply the tenant's personal-data policy to the request's texts."""
+        decision = privacy.inspect(texts, policy, param=param)
+        meter.pii = decision
+        meter.keep_content = policy.store_content and self.ledger.keys is not None
+        if meter.keep_content:
+            meter.prompt_texts = texts
+        return decision
+
+    async def _restored(
+        self, deltas: AsyncGenerator[Delta, None], decision: PiiDecision
+    ) -> AsyncGenerator[Delta, None]:
+        """Deltas with pseudonyms turned back into real values, across chunk borders."""
+        async with aclosing(deltas):
+            if decision.pseudonymiser is None:
+                async for delta in deltas:
+                    yield delta
+                return
+            restorer = decision.pseudonymiser.stream_restorer()
+            async for delta in deltas:
+                delta.text = restorer.feed(delta.text)
+                if delta.finish_reason is not None:
+                    delta.text += restorer.flush()
+                for i, call in enumerate(delta.tool_calls):
+                    delta.tool_calls[i] = replace(call, arguments=decision.for_client(
+                        call.arguments))  # fmt: skip
+                yield delta
+
     async def _admit(self, who: Principal, meter: CallMeter) -> TenantPolicy:
         """Model allowed for this key? Limits left? Counts the request if so."""
         meter.tenant, meter.key_id = who.tenant, who.key_id
@@ -168,17 +230,22 @@ class InferenceService:
     ) -> p.ChatCompletionResponse | AsyncIterator[p.ChatCompletionChunk]:
         """A chat completion, whole or as a stream of chunks."""
         meter = CallMeter("/v1/chat/completions", req.model)
+        meter.subject = req.user or _subject_of(req.metadata)
         try:
-            await self._admit(who, meter)
+            policy = await self._admit(who, meter)
             model = await self.pool.get(req.model)
             params = convert.chat_params(req, model.record)
             meter.weights_sha256 = model.record.sha256
+            texts = privacy.message_texts(params.messages)
+            decision = self._privacy(meter, policy, texts, "messages")
+            params = replace(params, messages=privacy.protect_messages(list(params.messages),
+                                                                       decision))  # fmt: skip
             engine = model.engine
             self._check_context(engine, lambda: engine.count_chat_tokens(params),
                                 params.sampling.max_tokens, "messages", model)  # fmt: skip
-            deltas = await self._open_stream(
+            deltas = self._restored(await self._open_stream(
                 model, meter, lambda cancel: engine.stream_chat(params, cancel)
-            )
+            ), decision)  # fmt: skip
         except IntramurosError as exc:
             self._finish(meter, exc)
             raise
@@ -253,11 +320,15 @@ class InferenceService:
     ) -> p.CompletionResponse | AsyncIterator[p.CompletionResponse]:
         """A text completion (one choice per prompt), whole or streamed."""
         meter = CallMeter("/v1/completions", req.model)
+        meter.subject = req.user
         try:
-            await self._admit(who, meter)
+            policy = await self._admit(who, meter)
             model = await self.pool.get(req.model)
             meter.weights_sha256 = model.record.sha256
             prompts = convert.completion_prompts(req)
+            decision = self._privacy(meter, policy, [x for x in prompts if isinstance(x, str)],
+                                     "prompt")  # fmt: skip
+            prompts = [decision.for_model(x) if isinstance(x, str) else x for x in prompts]
             all_params = [convert.completion_params(req, model.record, pr) for pr in prompts]
             engine = model.engine
             for params in all_params:
@@ -267,9 +338,9 @@ class InferenceService:
                     else partial(len, prompt)
                 )  # fmt: skip
                 self._check_context(engine, counter, params.sampling.max_tokens, "prompt", model)
-            first = await self._open_stream(
+            first = self._restored(await self._open_stream(
                 model, meter, partial(engine.stream_completion, all_params[0])
-            )
+            ), decision)  # fmt: skip
         except IntramurosError as exc:
             self._finish(meter, exc)
             raise
@@ -344,12 +415,17 @@ class InferenceService:
     async def embeddings(self, req: p.EmbeddingRequest, who: Principal) -> p.EmbeddingResponse:
         """Vectors for each input, as floats or base64 of little-endian float32."""
         meter = CallMeter("/v1/embeddings", req.model)
+        meter.subject = req.user or _subject_of(req.metadata)
         try:
-            await self._admit(who, meter)
+            policy = await self._admit(who, meter)
             model = await self.pool.get(req.model)
             meter.weights_sha256 = model.record.sha256
             convert.require(model.record, "embeddings", "embeddings")
             inputs = convert.embedding_inputs(req, self.settings.max_embedding_inputs)
+            decision = self._privacy(meter, policy, [x for x in inputs if isinstance(x, str)],
+                                     "input")  # fmt: skip
+            meter.keep_content = False  # vectors are not text worth keeping
+            inputs = [decision.for_model(x) if isinstance(x, str) else x for x in inputs]
             engine = model.engine
             if engine.counts_tokens:
                 limit = engine.context_length
@@ -459,6 +535,9 @@ class InferenceService:
                 async for delta in deltas:
                     if delta.text or delta.tool_calls:
                         meter.mark_first()
+                    if meter.keep_content:
+                        meter.output.append(delta.text)
+                        meter.output.extend(c.arguments for c in delta.tool_calls)
                     if delta.usage is not None:
                         meter.prompt_tokens += delta.usage.prompt_tokens
                         meter.completion_tokens += delta.usage.completion_tokens
@@ -532,6 +611,39 @@ class InferenceService:
                              completion=meter.completion_tokens, now=time.time())  # fmt: skip
         except IntramurosError as err:  # the answer matters more than its log line
             log.error("could not write request log: %s", err.message)
+        self._record(meter, now)
+
+    def _record(self, meter: CallMeter, now: float) -> None:
+        """Append the call to the ledger: who, what, which weights, what policy did."""
+        data: dict[str, Any] = {
+            "request_id": meter.request_id, "route": meter.route, "model": meter.model,
+            "weights_sha256": meter.weights_sha256, "status": meter.status,
+            "error_code": meter.error_code, "prompt_tokens": meter.prompt_tokens,
+            "completion_tokens": meter.completion_tokens,
+            "latency_ms": round((now - meter.started) * 1000, 3),
+            "pii": meter.pii.summary() if meter.pii else {},
+        }  # fmt: skip
+        content = None
+        if meter.keep_content and meter.pii is not None:
+            decision = meter.pii
+            content = {
+                "prompt": [decision.for_record(t) for t in meter.prompt_texts],
+                "output": decision.for_record("".join(meter.output)),
+            }
+        try:
+            self.ledger.append("model_call", tenant=meter.tenant, key_id=meter.key_id,
+                               subject=meter.subject, data=data, content=content)  # fmt: skip
+        except IntramurosError as err:
+            # A call whose record cannot be written is still answered; the failure is
+            # loud in the log and in the metrics, where operators look.
+            self.metrics.ledger_failures.inc()
+            log.error("could not append to the ledger: %s", err.message)
+
+
+def _subject_of(metadata: dict[str, Any] | None) -> str | None:
+    """The end user's id from ``metadata.user`` (or ``user_id``), if the client gave one."""
+    value = (metadata or {}).get("user") or (metadata or {}).get("user_id")
+    return str(value)[:256] if value is not None else None
 
 
 def _zero() -> Any:

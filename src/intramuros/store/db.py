@@ -166,6 +166,13 @@ class Migration:
     apply: Callable[[Connection], None]
 
 
+def _ledger_step(conn: Connection) -> None:
+    from intramuros.ledger.tables import ledger_migration_steps
+
+    for _name, apply in ledger_migration_steps():
+        apply(conn)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "models and request log", _create_v1),
     Migration(2, "request log by time", _sql("CREATE INDEX ix_request_log_ts ON request_log (ts)")),
@@ -175,6 +182,7 @@ MIGRATIONS: list[Migration] = [
         "ALTER TABLE request_log ADD COLUMN key_id VARCHAR(32)",
         "CREATE INDEX ix_request_log_tenant ON request_log (tenant, ts)",
     )),
+    Migration(5, "ledger records and encrypted content", _ledger_step),
 ]
 
 

@@ -116,6 +116,8 @@ async def create_tenant(
     except ValidationError as exc:
         raise InvalidRequest(f"Invalid policy: {exc.errors()[0]['msg']}", param="policy") from None
     await asyncio.to_thread(_service(request).tenants.create, body.name, policy)
+    await asyncio.to_thread(_service(request).audit, who, "tenant_create", body.name,
+                            policy=policy.model_dump())
     return {"name": body.name, "policy": policy.model_dump()}
 
 
@@ -125,6 +127,7 @@ async def delete_tenant(
 ) -> dict[str, Any]:
     """Delete a tenant and revoke its keys."""
     await asyncio.to_thread(_service(request).tenants.delete, name)
+    await asyncio.to_thread(_service(request).audit, who, "tenant_delete", name)
     return {"name": name, "deleted": True}
 
 
@@ -142,6 +145,8 @@ async def create_key(
         expires_in=body.expires_in_days * 86400 if body.expires_in_days else None,
         models=tuple(body.models) if body.models else None, limits=limits,
     )
+    await asyncio.to_thread(_service(request).audit, who, "key_create", body.tenant,
+                            key_id=info.id, role=body.role)
     return {"key": key, **info.to_json()}
 
 
@@ -162,4 +167,47 @@ async def revoke_key(
 ) -> dict[str, Any]:
     """Revoke a key at once."""
     await asyncio.to_thread(_service(request).tenants.revoke, key_id)
+    await asyncio.to_thread(_service(request).audit, who, "key_revoke", None, key_id=key_id)
     return {"id": key_id, "revoked": True}
+
+
+# -- the ledger (admins: auditors' access) ----------------------------------------
+
+
+def _entry(e: Any) -> dict[str, Any]:
+    return {
+        "seq": e.seq, "ts": e.ts, "kind": e.kind, "tenant": e.tenant, "key_id": e.key_id,
+        "subject": e.subject, "data": e.data, "has_content": e.has_content,
+        "content_digest": e.content_digest, "prev_hash": e.prev_hash, "hash": e.hash,
+    }  # fmt: skip
+
+
+@router.get("/admin/ledger")
+async def ledger_records(
+    request: Request,
+    tenant: str | None = Query(default=None, max_length=64),
+    after_seq: int = Query(default=0, ge=0),
+    limit: int = Query(default=100, ge=1, le=1000),
+    who: Principal = Depends(admin),
+) -> dict[str, Any]:
+    """Ledger records in order (content not included)."""
+    ledger = _service(request).ledger
+    rows = await asyncio.to_thread(ledger.records, tenant, after_seq=after_seq, limit=limit)
+    return {"object": "list", "data": [_entry(e) for e in rows]}
+
+
+@router.get("/admin/ledger/verify")
+async def ledger_verify(request: Request, who: Principal = Depends(admin)) -> dict[str, Any]:
+    """Verify the whole chain now."""
+    report = await asyncio.to_thread(_service(request).ledger.verify)
+    return report.to_dict()
+
+
+@router.get("/admin/ledger/{seq}/content")
+async def ledger_content(
+    seq: int, request: Request, who: Principal = Depends(admin)
+) -> dict[str, Any]:
+    """A record's decrypted content (needs the server's ledger key); null once erased."""
+    content = await asyncio.to_thread(_service(request).ledger.read_content, seq)
+    await asyncio.to_thread(_service(request).audit, who, "ledger_read_content", None, seq=seq)
+    return {"seq": seq, "content": content}

@@ -1,0 +1,151 @@
+"""Reading the ledger tables: records as entries and as rows for the verifier."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from intramuros.ledger.chain import ChainRow, MalformedRow
+from intramuros.ledger.tables import ledger_content, ledger_records
+from intramuros.store.db import Database
+
+_READ_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One ledger record as stored.
+
+    ``data_json`` is the canonical JSON text the hash covers; :attr:`data` is
+    it parsed. ``has_content`` tells whether encrypted content is (still) stored.
+    """
+
+    seq: int
+    ts: float
+    kind: str
+    tenant: str | None
+    key_id: str | None
+    subject: str | None
+    data_json: str
+    content_digest: str | None
+    prev_hash: str
+    hash: str
+    has_content: bool
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The record's fields (``data_json`` parsed)."""
+        value = json.loads(self.data_json)
+        return value if isinstance(value, dict) else {"value": value}
+
+    def hashed_fields(self) -> dict[str, Any]:
+        """The fields the record hash covers, as stored."""
+        return {
+            "seq": self.seq,
+            "ts": self.ts,
+            "kind": self.kind,
+            "tenant": self.tenant,
+            "key_id": self.key_id,
+            "subject": self.subject,
+            "data": self.data_json,
+            "content_digest": self.content_digest,
+        }
+
+
+class DbSource:
+    """The live ledger as a :class:`~intramuros.ledger.chain.RowSource`, up to ``upto``."""
+
+    def __init__(self, db: Database, upto: int) -> None:
+        self.db = db
+        self.upto = upto
+
+    def rows(self) -> Iterator[ChainRow]:
+        """Every record from seq 1 to ``upto``, with its stored content."""
+        # Keyset pages, each in its own short transaction: no server-side
+        # cursor, and no transaction held open across the whole walk.
+        last = 0
+        query = (
+            sa.select(
+                ledger_records,
+                ledger_content.c.key_version,
+                ledger_content.c.nonce,
+                ledger_content.c.ciphertext,
+            )
+            .select_from(ledger_records.outerjoin(ledger_content))
+            .order_by(ledger_records.c.seq)
+            .limit(_READ_BATCH)
+        )
+        while True:
+            page = query.where(ledger_records.c.seq > last, ledger_records.c.seq <= self.upto)
+            with self.db.begin() as conn:
+                rows = conn.execute(page).all()
+            if not rows:
+                return
+            for row in rows:
+                stored = None
+                if row.key_version is not None:
+                    stored = (row.key_version, bytes(row.nonce), bytes(row.ciphertext))
+                yield chain_row(row, stored)
+            last = int(rows[-1].seq)
+
+    def at(self, seq: int) -> ChainRow | None:
+        """The record stored under ``seq``, if any."""
+        with self.db.begin() as conn:
+            row = conn.execute(sa.select(ledger_records).where(ledger_records.c.seq == seq)).first()
+        return chain_row(row) if row is not None else None
+
+    def with_prev(self, prev_hash: str) -> list[ChainRow]:
+        """The records whose prev_hash is ``prev_hash``."""
+        # No index on prev_hash: this runs only after a failure, once or twice.
+        query = sa.select(ledger_records).where(ledger_records.c.prev_hash == prev_hash)
+        with self.db.begin() as conn:
+            return [chain_row(row) for row in conn.execute(query).all()]
+
+
+def chain_row(row: Any, stored: Any = None) -> ChainRow:
+    """A ``ledger_records`` row as the verifier sees it; ``stored`` is its content, if any."""
+    fields = {
+        "seq": row.seq,
+        "ts": row.ts,
+        "kind": row.kind,
+        "tenant": row.tenant,
+        "key_id": row.key_id,
+        "subject": row.subject,
+        "data": row.data,
+        "content_digest": row.content_digest,
+    }
+    try:
+        return ChainRow.from_fields(fields, row.prev_hash, row.hash, stored)
+    except (TypeError, ValueError) as exc:
+        raise MalformedRow(int(row.seq), f"record {row.seq} cannot be read: {exc}") from None
+
+
+def head_row(conn: Connection) -> Any:
+    """The last record's ``(seq, hash)``, or ``None`` for an empty ledger."""
+    return conn.execute(
+        sa.select(ledger_records.c.seq, ledger_records.c.hash)
+        .order_by(ledger_records.c.seq.desc())
+        .limit(1)
+    ).first()
+
+
+def entry_from_row(row: Any) -> LedgerEntry:
+    """A ``ledger_records`` row (plus a ``has_content`` column) as a :class:`LedgerEntry`."""
+    return LedgerEntry(
+        seq=int(row.seq),
+        ts=float(row.ts),
+        kind=row.kind,
+        tenant=row.tenant,
+        key_id=row.key_id,
+        subject=row.subject,
+        data_json=row.data,
+        content_digest=row.content_digest,
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+        has_content=bool(row.has_content),
+    )
