@@ -237,3 +237,45 @@ def test_no_auth_only_on_loopback(tmp_path: Path) -> None:
     )  # fmt: skip
     assert r.returncode != 0
     assert "loopback" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_path_and_header_tricks(server: Server) -> None:
+    user, key = server.headers("user"), server.keys["user"]
+    # header spelling: the scheme is case-insensitive, extra spaces tolerated
+    for value in (f"bearer {key}", f"BEARER {key}", f"Bearer   {key}"):
+        r = httpx.get(server.base_url + "/v1/models", headers={"authorization": value})
+        assert r.status_code == 200, value
+    # the key in other places does not count
+    for attempt in (
+        {"headers": {"X-Api-Key": key}},
+        {"params": {"api_key": key}},
+        {"headers": {"Authorization": f"Bearer {key}x"}},
+        {"headers": {"Authorization": f"Bearer {key} extra"}},
+    ):  # fmt: skip
+        r = httpx.get(server.base_url + "/v1/models", **attempt)  # type: ignore[arg-type]
+        check_error(r, 401)
+    # paths that try to slip past the /v1 prefix or into admin routes
+    for path in ("/v1//admin/keys", "/v1/./admin/keys", "/v1/admin/../admin/keys",
+                 "/V1/admin/keys", "/v1/admin/keys/", "/v1/admin%2Fkeys"):  # fmt: skip
+        r = httpx.get(server.base_url + path, headers=user)
+        assert r.status_code in (403, 404, 405), (path, r.status_code)
+        assert "error" in r.json()
+    # forwarded headers change nothing
+    r = httpx.get(server.base_url + "/v1/admin/keys", timeout=30, headers={
+        **user, "X-Forwarded-For": "127.0.0.1", "X-Original-URL": "/healthz"})
+    check_error(r, 403)
+
+
+def test_usage_and_purge_commands(server: Server) -> None:
+    r = httpx.post(server.base_url + "/v1/chat/completions", headers=server.headers("user"),
+                   json=HI, timeout=60)  # fmt: skip
+    assert r.status_code == 200
+    out = cli(server.data_dir, "usage", "--tenant", "acme")
+    assert "acme" in out and CHAT_MODEL in out
+    cli(server.data_dir, "tenants", "policy", "globex", "--retention-days", "30")
+    out = cli(server.data_dir, "purge")
+    assert "globex: purged 0 record(s)" in out
+    rows = httpx.get(server.base_url + "/v1/admin/ledger?limit=1000",
+                     headers=server.headers("admin")).json()["data"]  # fmt: skip
+    purges = [r for r in rows if r["kind"] == "purge" and r["tenant"] == "globex"]
+    assert purges and purges[-1]["data"]["actor"].startswith("cli:")

@@ -33,6 +33,8 @@ def create_app(settings: Settings, service: InferenceService | None = None) -> F
         description="OpenAI/Mistral-compatible API on open models, within your walls.",
         lifespan=lifespan,
     )
+    # No 307 to the slash-less path: an API answers the path it was asked, or 404.
+    app.router.redirect_slashes = False
     app.state.service = svc
     app.state.settings = settings
     errors.install(app)
