@@ -260,3 +260,23 @@ def test_tampering_is_detected_by_the_cli(walls, tmp_path: Path) -> None:  # typ
     assert verify().returncode == 0
     r = verify("--checkpoint", str(checkpoint))
     assert r.returncode == 1 and "truncated" in r.stderr
+
+
+def test_blocked_call_is_recorded_and_allow_keeps_the_value(walls) -> None:  # type: ignore[no-untyped-def]
+    srv, _, _ = walls
+    admin = srv.headers("admin")
+    rows = httpx.get(srv.base_url + "/v1/admin/ledger?tenant=acme&limit=1000",
+                     headers=admin).json()["data"]  # fmt: skip
+    blocked = [r for r in rows if r["data"].get("error_code") == "personal_data_blocked"]
+    assert blocked and blocked[-1]["data"]["pii"]["iban"] == {"count": 1, "action": "block"}
+    assert blocked[-1]["data"]["status"] == 400
+    # globex allows IBANs and keeps text: the value is kept, encrypted
+    cli(srv.data_dir, "tenants", "policy", "globex", "--store-content", "--pii", "iban=allow")
+    client(srv, "other").chat.completions.create(model="echo", messages=ask(f"Pay {IBAN}"))  # type: ignore[arg-type]
+    rows = httpx.get(srv.base_url + "/v1/admin/ledger?tenant=globex&limit=1000",
+                     headers=admin).json()["data"]  # fmt: skip
+    seq = [r for r in rows if r["kind"] == "model_call"][-1]["seq"]
+    content = httpx.get(srv.base_url + f"/v1/admin/ledger/{seq}/content", headers=admin).json()
+    assert content["content"]["prompt"] == [f"Pay {IBAN}"]
+    for f in srv.data_dir.glob("intramuros.db*"):
+        assert IBAN.encode() not in f.read_bytes(), "kept text is encrypted at rest"

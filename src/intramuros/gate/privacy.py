@@ -37,6 +37,16 @@ class PiiDecision:
         """For the ledger: counts and actions per category, never values."""
         return {c: {"count": n, "action": self.policy.action(c)} for c, n in self.found.items()}
 
+    def enforce(self, param: str) -> None:
+        """Raise ``PersonalDataBlocked`` (400) if a category found is set to ``block``."""
+        blocked = sorted(c for c in self.found if self.policy.action(c) == "block")
+        if blocked:
+            raise PersonalDataBlocked(
+                "The request contains personal data that this tenant's policy blocks: "
+                + ", ".join(blocked) + ".",
+                param=param,
+            )
+
     def for_model(self, text: str) -> str:
         """The text the model may see."""
         return self.pseudonymiser.pseudonymise(text) if self.pseudonymiser else text
@@ -51,19 +61,12 @@ class PiiDecision:
         return pii.redact(text, hidden) if hidden else text
 
 
-def inspect(texts: Iterable[str], policy: TenantPolicy, *, param: str) -> PiiDecision:
-    """Scan the request's texts; raise ``PersonalDataBlocked`` if the policy says so."""
+def inspect(texts: Iterable[str], policy: TenantPolicy) -> PiiDecision:
+    """Scan the request's texts and decide; see :meth:`PiiDecision.enforce` for blocking."""
     decision = PiiDecision(policy=policy)
     for text in texts:
         for category, count in pii.summarise(pii.detect(text)).items():
             decision.found[category] = decision.found.get(category, 0) + count
-    blocked = sorted(c for c in decision.found if policy.action(c) == "block")
-    if blocked:
-        raise PersonalDataBlocked(
-            "The request contains personal data that this tenant's policy blocks: "
-            + ", ".join(blocked) + ".",
-            param=param,
-        )
     pseudo = [c for c in pii.CATEGORIES if policy.action(c) == "pseudonymise"]
     if pseudo and any(decision.found.get(c) for c in pseudo):
         decision.pseudonymiser = pii.Pseudonymiser(pseudo)

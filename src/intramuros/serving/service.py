@@ -183,8 +183,9 @@ class InferenceService:
         self, meter: CallMeter, policy: TenantPolicy, texts: list[str], param: str
     ) -> PiiDecision:
         """Apply the tenant's personal-data policy to the request's texts."""
-        decision = privacy.inspect(texts, policy, param=param)
-        meter.pii = decision
+        decision = privacy.inspect(texts, policy)
+        meter.pii = decision  # recorded in the ledger even when the call is blocked
+        decision.enforce(param)
         meter.keep_content = policy.store_content and self.ledger.keys is not None
         if meter.keep_content:
             meter.prompt_texts = texts
