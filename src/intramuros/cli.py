@@ -223,6 +223,8 @@ def models_add(path: Path, name: str, license_: str, capabilities: str | None,
             path, name=name, license=license_, capabilities=_capabilities(capabilities),
             context_length=context_length, replace=replace,
         )  # fmt: skip
+        _audit(options, "model_add", None, model=record.name, sha256=record.sha256,
+               license=record.license, origin=record.origin.model_dump())
     except IntramurosError as exc:
         _fail(exc)
         return
@@ -261,6 +263,7 @@ def models_add_upstream(name: str, base_url: str, upstream_model: str | None, ca
             context_length=context_length, license=license_, api_key_env=api_key_env,
             replace=replace,
         )  # fmt: skip
+        _audit(options, "model_add_upstream", None, model=record.name, base_url=base_url)
     except IntramurosError as exc:
         _fail(exc)
         return
@@ -277,6 +280,7 @@ def models_remove(name: str, **options: Any) -> None:
         if catalog.get(name).bundled:
             _error(f"'{name}' is bundled; uninstall its package instead.")
         catalog.remove(name)
+        _audit(options, "model_remove", None, model=name)
     except IntramurosError as exc:
         _fail(exc)
         return

@@ -186,7 +186,7 @@ def _entry(e: Any) -> dict[str, Any]:
 async def ledger_records(
     request: Request,
     tenant: str | None = Query(default=None, max_length=64),
-    after_seq: int = Query(default=0, ge=0),
+    after_seq: int = Query(default=0, ge=0, le=2**62),
     limit: int = Query(default=100, ge=1, le=1000),
     who: Principal = Depends(admin),
 ) -> dict[str, Any]:
@@ -208,6 +208,8 @@ async def ledger_content(
     seq: int, request: Request, who: Principal = Depends(admin)
 ) -> dict[str, Any]:
     """A record's decrypted content (needs the server's ledger key); null once erased."""
+    if not 1 <= seq <= 2**62:  # outside the database's integers: no such record
+        raise NotFound(f"No ledger record {seq}.", param="seq")
     content = await asyncio.to_thread(_service(request).ledger.read_content, seq)
     await asyncio.to_thread(_service(request).audit, who, "ledger_read_content", None, seq=seq)
     return {"seq": seq, "content": content}
