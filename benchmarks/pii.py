@@ -17,11 +17,7 @@ machine and the date, to ``benchmarks/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -31,6 +27,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 TESTSET = ROOT / "benchmarks" / "pii_testset.jsonl"
 sys.path.insert(0, str(ROOT / "src"))
+
+from record import append_result  # noqa: E402  (benchmarks/ is this script's folder)
 
 from intramuros.gate.pii import CATEGORIES, detect  # noqa: E402
 
@@ -107,22 +105,6 @@ def throughput(records: list[dict[str, Any]], passes: int = 5) -> tuple[float, f
     return size_kb / best, best_10k * 1000, size_kb
 
 
-def machine() -> str:
-    """CPU model, cores, Python version and OS of this machine."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}; "
-        f"{platform.system()} {platform.release()}"
-    )
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--testset", type=Path, default=TESTSET)
@@ -167,14 +149,7 @@ def main() -> None:
             print(e)
     if args.record:
         text = console.export_text()
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        with (ROOT / "benchmarks" / "RESULTS.md").open("a") as fh:
-            fh.write(
-                f"\n## pii.py, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
-                f"commit {commit or 'unknown'}\n\nMachine: {machine()}\n\n```\n{text}```\n"
-            )
+        append_result("pii.py", text)
         print("appended to benchmarks/RESULTS.md")
 
 

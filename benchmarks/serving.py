@@ -18,12 +18,9 @@ Prints a table and appends it, with a description of the machine, to
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,34 +32,12 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from record import append_result  # noqa: E402  (benchmarks/ is this script's folder)
+
 MODEL = "smollm2-135m-instruct"
-# Grammar forces exactly the requested length: no early EOS to skew tokens/s.
 PROMPT = "Write a long story about a lighthouse keeper."
 # Same default as the server (half the cores); BENCH_THREADS overrides both sides.
 THREADS = int(os.environ.get("BENCH_THREADS") or 0) or max(1, (os.cpu_count() or 2) // 2)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    import llama_cpp
-
-    return (
-        f"{cpu}, {os.cpu_count()} cores{mem}; Python {platform.python_version()}; "
-        f"llama-cpp-python {llama_cpp.__version__}; {platform.system()} {platform.release()}"
-    )
 
 
 def direct(max_tokens: int, runs: int) -> tuple[float, float]:
@@ -225,14 +200,9 @@ def main() -> None:
     console.print(t2)
     if not args.no_record:
         text = console.export_text()
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        with (ROOT / "benchmarks" / "RESULTS.md").open("a") as fh:
-            fh.write(
-                f"\n## serving.py, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
-                f"commit {commit or 'unknown'}\n\nMachine: {machine()}\n\n```\n{text}```\n"
-            )
+        import llama_cpp
+
+        append_result("serving.py", text, f"; llama-cpp-python {llama_cpp.__version__}")
         print("appended to benchmarks/RESULTS.md")
 
 

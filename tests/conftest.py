@@ -180,3 +180,29 @@ def oai(server: Server):  # type: ignore[no-untyped-def]
                            max_retries=0, timeout=120)  # fmt: skip
     yield client
     client.close()
+
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database URL: a SQLite file, or a fresh schema on the local PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state' / 'intramuros.db'}"
+        return
+    import secrets
+
+    import sqlalchemy as sa
+
+    # A schema of its own per test, so runs never see each other's rows.
+    schema = "t_" + secrets.token_hex(6)
+    admin = sa.create_engine(PG_ADMIN)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield f"{PG_ADMIN}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()

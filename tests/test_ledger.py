@@ -38,27 +38,9 @@ from intramuros.ledger import (
 )
 from intramuros.ledger.chain import body_hash, record_hash
 from intramuros.store.db import Database
+from tests.conftest import PG_ADMIN
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 MARKER = "ZEBRA-MARKER-7f3c1d"  # a plaintext that must never appear in the database file
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'state' / 'intramuros.db'}"
-        return
-    # A schema of its own per test, so runs never see each other's rows.
-    schema = "t_" + secrets.token_hex(6)
-    admin = sa.create_engine(PG_ADMIN)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield f"{PG_ADMIN}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 def open_db(url: str) -> Database:

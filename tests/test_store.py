@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,26 +11,6 @@ from intramuros.catalog.catalog import Catalog
 from intramuros.errors import ConfigError, InvalidRequest, ModelNotFound
 from intramuros.settings import Settings
 from intramuros.store.db import MIGRATIONS, Database
-
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'state' / 'intramuros.db'}"
-        return
-    # A schema of its own per test, so runs never see each other's rows.
-    schema = "t_" + secrets.token_hex(6)
-    admin = sa.create_engine(PG_ADMIN)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield f"{PG_ADMIN}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 def test_migrations_apply_once(db_url: str) -> None:
