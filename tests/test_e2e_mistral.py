@@ -33,8 +33,8 @@ TOOL = {
 def mistral(server: Server):  # type: ignore[no-untyped-def]
     from mistralai.client import Mistral
 
-    client = Mistral(api_key=server.keys["user"], server_url=server.base_url)
-    yield client
+    with Mistral(api_key=server.keys["user"], server_url=server.base_url) as client:
+        yield client
 
 
 def test_mistral_chat_random_seed(mistral) -> None:  # type: ignore[no-untyped-def]

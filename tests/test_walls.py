@@ -102,12 +102,23 @@ def walls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Ec
     cli(data, "tenants", "policy", "acme", "--store-content", "--pii", "email=pseudonymise",
         "--pii", "iban=block")
     yield srv, stub, key_file
+    for c in _clients.values():
+        c.close()
+    _clients.clear()
     stop_server(srv)
     stub.close()
 
 
+_clients: dict[tuple[int, str], openai.OpenAI] = {}
+
+
 def client(srv: Server, who: str = "user") -> openai.OpenAI:
-    return openai.OpenAI(base_url=srv.base_url + "/v1", api_key=srv.keys[who], max_retries=0)
+    """One client per server and key, closed when the module's server stops."""
+    key = (srv.port, who)
+    if key not in _clients:
+        _clients[key] = openai.OpenAI(base_url=srv.base_url + "/v1", api_key=srv.keys[who],
+                                      max_retries=0)  # fmt: skip
+    return _clients[key]
 
 
 def ask(text: str) -> list[dict[str, str]]:
