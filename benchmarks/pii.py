@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TESTSET = ROOT / "benchmarks" / "pii_testset.jsonl"
 sys.path.insert(0, str(ROOT / "src"))
 
-from record import append_result  # noqa: E402  (benchmarks/ is this script's folder)
+sys.path.insert(0, str(ROOT / "benchmarks"))  # also when imported by the tests
+from record import append_result  # noqa: E402
 
 from intramuros.gate.pii import CATEGORIES, detect  # noqa: E402
 

@@ -32,7 +32,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from record import append_result  # noqa: E402  (benchmarks/ is this script's folder)
+sys.path.insert(0, str(ROOT / "benchmarks"))  # also when imported by the tests
+from record import append_result  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 PROMPT = "Write a long story about a lighthouse keeper."
