@@ -539,7 +539,7 @@ def test_erasure_scrubs_the_postgres_table_file(ledger: Ledger, db: Database) ->
             ).scalar_one()
         path = Path(datadir, rel)
         if not os.access(path, os.R_OK):
-            pytest.skip(f"cannot read PostgreSQL's data files ({path}) as this user")
+            pytest.fail(f"cannot read PostgreSQL's data files ({path}) as this user")
         return path.read_bytes()
 
     try:
