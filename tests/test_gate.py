@@ -101,7 +101,9 @@ def test_model_allowlist(server: Server) -> None:
     check_error(httpx.post(server.base_url + "/v1/chat/completions", headers=auth, json=HI,
                            timeout=30), 403)  # fmt: skip
     listed = httpx.get(server.base_url + "/v1/models", headers=auth).json()["data"]
-    assert [m["id"] for m in listed] == [EMBED_MODEL]
+    assert [m["id"] for m in listed if m["intramuros"].get("kind") != "route"] == [EMBED_MODEL]
+    # Routes are listed after the models: naming one lets the router choose among them.
+    assert [m["id"] for m in listed if m["intramuros"].get("kind") == "route"] == ["auto"]
     check_error(httpx.get(server.base_url + f"/v1/models/{CHAT_MODEL}", headers=auth), 404)
     ok = httpx.post(server.base_url + "/v1/embeddings", headers=auth, timeout=30,
                     json={"model": EMBED_MODEL, "input": "x"})  # fmt: skip

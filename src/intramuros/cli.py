@@ -120,7 +120,11 @@ def serve(**options: Any) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except IntramurosError as exc:
+        _fail(exc)
+        return
     if not settings.auth:
         click.echo(
             "WARNING: authentication is DISABLED (--no-auth). Every caller on this machine is "
@@ -529,7 +533,7 @@ def keys_revoke(key_id: str, **options: Any) -> None:
 @click.option("--until", default=None, help="Up to this day (YYYY-MM-DD).")
 @settings_options(*_STATE_FIELDS)
 def usage_cmd(tenant: str | None, since: str | None, until: str | None, **options: Any) -> None:
-    """Token and request totals by tenant, model and day."""
+    """Token, request, energy, cost and CO2e totals by tenant, model and day."""
     from intramuros.gate.quotas import usage_report
 
     try:
@@ -538,12 +542,14 @@ def usage_cmd(tenant: str | None, since: str | None, until: str | None, **option
         _fail(exc)
         return
     table = Table(title="usage")
-    for col in ("day", "tenant", "model", "requests", "prompt", "completion", "total"):
+    for col in ("day", "tenant", "model", "requests", "prompt", "completion", "total",
+                "energy J", "cost EUR", "gCO2e"):  # fmt: skip
         table.add_column(col)
     for r in rows:
         table.add_row(str(r["day"]), str(r["tenant"]), str(r["model"]), str(r["requests"]),
                       str(r["prompt_tokens"]), str(r["completion_tokens"]),
-                      str(r["total_tokens"]))  # fmt: skip
+                      str(r["total_tokens"]), f"{r['energy_joules']:.3f}",
+                      f"{r['cost_eur']:.6f}", f"{r['co2e_grams']:.4f}")  # fmt: skip
     console.print(table)
 
 
@@ -701,6 +707,23 @@ def purge(tenant: str | None, **options: Any) -> None:
     for name, count in done.items():
         click.echo(f"{name}: purged {count} record(s)")
 
+
+# --------------------------------------------------------------------------
+# workloads and tools: each area owns its command group in its own module
+# --------------------------------------------------------------------------
+
+
+def _add_area_commands() -> None:
+    from intramuros.bench.cli import bench
+    from intramuros.docai.cli import group as docai_group
+    from intramuros.kyc.cli import group as kyc_group
+    from intramuros.voice.cli import transcribe
+
+    for command in (docai_group, kyc_group, transcribe, bench):
+        main.add_command(command)
+
+
+_add_area_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
@@ -21,6 +21,9 @@ from pydantic_settings import (
 )
 
 from intramuros.errors import ConfigError
+
+if TYPE_CHECKING:
+    from intramuros.meter.price import PriceModel
 
 
 def default_data_dir() -> Path:
@@ -126,6 +129,172 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Server log level."
     )
+    # -- meter (issue 5: energy, price, CO2) --
+    energy_source: Literal["auto", "rapl", "nvml", "estimate"] = Field(
+        default="auto",
+        description=(
+            "Where per-call energy comes from: auto (RAPL and/or NVML counters when readable, "
+            "else the CPU-time estimate), rapl, nvml (refuse to start without them), estimate."
+        ),
+    )
+    powercap_root: Path = Field(
+        default=Path("/sys/class/powercap"),
+        description="Linux powercap directory holding the RAPL zones (intel-rapl:N, amd-rapl:N).",
+    )
+    watts_per_core: float = Field(
+        default=3.5,
+        gt=0,
+        le=1000,
+        description=(
+            "Estimated power of one busy core, used without energy counters: energy = CPU "
+            "seconds x this. Default 3.5 W: Cloud Carbon Footprint's average maximum watts "
+            "per vCPU for x86 cloud servers."
+        ),
+    )
+    hardware_price_eur: float = Field(
+        default=3000.0, ge=0, description="Purchase price of this machine (EUR), amortised."
+    )
+    hardware_lifetime_years: float = Field(
+        default=4.0, gt=0, description="Years over which the machine's price is amortised."
+    )
+    hardware_utilisation: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Fraction of its life the machine is busy (less use: more per call).",
+    )
+    electricity_eur_per_kwh: float = Field(
+        default=0.20, ge=0, description="Electricity price (EUR per kWh)."
+    )
+    grid_intensity: str = Field(
+        default="eu",
+        description=(
+            "Carbon intensity of the electricity: 'eu' (264 gCO2/kWh, EU-27 2021), 'fr' "
+            "(60 gCO2/kWh, France 2021; both SDES/IEA) or a number of gCO2e per kWh."
+        ),
+    )
+
+    # -- router (issue 5: small-first routing) --
+    routes: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Route profiles (TOML table [routes.NAME], or JSON): models cheapest first, tasks, "
+            "min_confidence, checks, escalate, stream. `auto` always exists (default: the "
+            "whole catalogue by cost). See docs/routing.md."
+        ),
+    )
+    model_costs: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "Relative cost per model for routing (TOML table or JSON); default: the weights' "
+            "size in bytes; models without size or cost (upstreams) rank last."
+        ),
+    )
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _check_routes(cls, value: Any) -> Any:
+        from intramuros.router.config import parse_routes
+
+        parsed = parse_routes(value)  # ConfigError names the route and field
+        return {name: p.model_dump(mode="json") for name, p in parsed.items()}
+
+    @field_validator("model_costs", mode="before")
+    @classmethod
+    def _check_costs(cls, value: Any) -> Any:
+        from intramuros.router.config import parse_costs
+
+        return parse_costs(value)
+
+    # -- docai (issue 6: files, OCR) --
+    files_max_bytes: int = Field(
+        default=50 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Largest file accepted by POST /v1/files, and largest document in POST /v1/ocr; "
+            "larger gets 413."
+        ),
+    )
+    files_key_file: Path | None = Field(
+        default=None,
+        description=(
+            "Key file (format of `intramuros ledger keygen`) encrypting stored files at rest. "
+            "Default: the ledger key if one is configured, else <data-dir>/files.key, "
+            "created with mode 0600 on first use."
+        ),
+    )
+    docai_max_pages: int = Field(
+        default=1000, ge=1, description="Most pages in one document; longer ones are refused."
+    )
+    docai_max_pixels: int = Field(
+        default=100_000_000,
+        ge=1_000_000,
+        description="Largest image (pixels) decoded from a document (decompression bombs).",
+    )
+    docai_concurrency: int = Field(
+        default=1,
+        ge=1,
+        description="Documents the server reads at once (CPU-bound); other requests wait.",
+    )
+    docai_extract_model: str = Field(
+        default="smollm2-135m-instruct",
+        description="Chat model that fills document_annotation_format schemas from OCR text.",
+    )
+
+    # -- kyc (issue 7: screening) --
+    kyc_threshold: float = Field(
+        default=0.82, gt=0.0, le=1.0,
+        description="KYC: default score from which a match alerts and opens a case "
+        "(tenants may set their own).",
+    )
+    kyc_min_score: float = Field(
+        default=0.7, ge=0.0, le=1.0,
+        description="KYC: lowest score returned as a (non-alerting) match.",
+    )
+    kyc_refresh_seconds: float = Field(
+        default=2.0, ge=0.0,
+        description="KYC: how often (seconds) the server checks for re-imported lists and "
+        "swaps in the new index; 0 checks before every screening.",
+    )
+    kyc_summary_model: str = Field(
+        default="smollm2-135m-instruct",
+        description="KYC: chat model that drafts case summaries (marked machine-drafted).",
+    )
+
+    # -- voice (issue 8: transcription) --
+    voice_default_model: str = Field(
+        default="whisper-base",
+        description="Speech model used for `whisper-1` (OpenAI's name) and by `transcribe`.",
+    )
+    voice_max_upload_bytes: int = Field(
+        default=25 * 1024 * 1024, ge=1024,
+        description="Largest audio upload to /v1/audio/* in bytes (413 above it).",
+    )
+    voice_max_audio_seconds: float = Field(
+        default=4 * 3600, gt=0, description="Longest recording accepted, in seconds (400 above)."
+    )
+    voice_compute_type: str = Field(
+        default="int8",
+        description="CTranslate2 compute type for speech models (int8, int8_float32, float32).",
+    )
+    voice_threads: int = Field(
+        default=0, ge=0, description="CPU threads per speech model (0: every core)."
+    )
+    voice_beam_size: int = Field(
+        default=5, ge=1, le=16, description="Beam width of speech decoding."
+    )
+    voice_batch_size: int = Field(
+        default=1, ge=1, le=64,
+        description=(
+            "Speech chunks (found by VAD) decoded together for json/text answers (faster, "
+            "approximate times); 1: 30 s windows in order, each with the text before it."
+        ),
+    )
+    voice_vad: bool = Field(
+        default=True,
+        description="Skip non-speech with voice-activity detection (Silero) before decoding.",
+    )
+
     config: Path | None = Field(
         default=None,
         description="TOML config file with any of these settings (also INTRAMUROS_CONFIG).",
@@ -138,6 +307,17 @@ class Settings(BaseSettings):
                 f"authentication may only be disabled on a loopback address, not {self.host}"
             )
         return self
+
+    @field_validator("grid_intensity")
+    @classmethod
+    def _known_grid(cls, value: str) -> str:
+        from intramuros.meter.price import grid_intensity
+
+        try:
+            grid_intensity(value)
+        except ValueError:
+            raise ValueError("grid_intensity must be 'eu', 'fr' or a non-negative number") from None
+        return value
 
     @field_validator("preload_models", mode="before")
     @classmethod
@@ -172,6 +352,17 @@ class Settings(BaseSettings):
     def llama_threads(self) -> int:
         """Threads for llama.cpp: the setting, or half the cores (at least one)."""
         return self.n_threads or max(1, (os.cpu_count() or 2) // 2)
+
+    def price_model(self) -> PriceModel:
+        """The price model built from the hardware, electricity and grid settings."""
+        from intramuros.meter.price import PriceModel, grid_intensity
+
+        return PriceModel(
+            hardware_eur=self.hardware_price_eur, lifetime_years=self.hardware_lifetime_years,
+            utilisation=self.hardware_utilisation,
+            electricity_eur_per_kwh=self.electricity_eur_per_kwh,
+            grid_gco2e_per_kwh=grid_intensity(self.grid_intensity),
+        )  # fmt: skip
 
     def models_dir(self) -> Path:
         """Where model files assembled from packages are kept."""

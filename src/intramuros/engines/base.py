@@ -234,6 +234,15 @@ class Engine(abc.ABC):
         """Embed each input (text, or token ids of this model's tokenizer)."""
         raise self._unsupported("embeddings")
 
+    # -- speech to text (issue 8; types at the end of this module) ---------
+
+    def transcribe(
+        self, audio: Any, params: TranscriptionParams, cancel: threading.Event
+    ) -> Iterator[TranscriptionEvent]:
+        """Transcribe 16 kHz mono float32 samples: a :class:`TranscriptionStart`, then
+        the segments as they are decoded; stop early once ``cancel`` is set."""
+        raise self._unsupported("transcription")
+
     def _unsupported(self, what: str) -> Exception:
         from intramuros.errors import ModelCapabilityError
 
@@ -264,3 +273,69 @@ def gather(deltas: Iterator[Delta]) -> Generation:
         logprobs=logprobs,
         tool_calls=tool_calls,
     )
+
+
+# -- speech to text (issue 8) -------------------------------------------------
+# Engines that transcribe take 16 kHz mono float32 samples (decoded and checked
+# by the voice workload) and yield a TranscriptionStart, then segments as they
+# are decoded.
+
+
+@dataclass(frozen=True)
+class TranscriptionParams:
+    """A transcription or translation (into English) request as an engine sees it.
+
+    ``temperature`` 0 means OpenAI's behaviour: start greedy, raise the
+    temperature on failed decodes. ``language`` None: detect it.
+    """
+
+    task: Literal["transcribe", "translate"] = "transcribe"
+    language: str | None = None
+    prompt: str | None = None
+    temperature: float = 0.0
+    word_timestamps: bool = False
+    vad: bool = True
+    # True when segment times must be exact (subtitles, verbose_json): an engine
+    # that batches speech chunks (approximate times) then decodes in order.
+    timestamps: bool = False
+
+
+@dataclass(frozen=True)
+class TranscriptWord:
+    """One word with its times (seconds) and probability."""
+
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class TranscriptSegment:
+    """One decoded segment, in OpenAI's verbose_json terms."""
+
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: tuple[int, ...]
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+    temperature: float
+    words: tuple[TranscriptWord, ...] = ()
+
+
+@dataclass(frozen=True)
+class TranscriptionStart:
+    """First event of a transcription: the language and how much speech there is."""
+
+    language: str
+    language_probability: float
+    duration: float
+    speech_duration: float
+
+
+# Engine.transcribe yields these (a union: isinstance tells them apart).
+TranscriptionEvent = TranscriptionStart | TranscriptSegment

@@ -27,6 +27,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "llamacpp": "intramuros.engines.llamacpp:LlamaCppEngine",
     "minilm": "intramuros.engines.minilm:MiniLMEngine",
     "openai-upstream": "intramuros.engines.upstream:OpenAIUpstreamEngine",
+    "whisper": "intramuros.engines.whisper:WhisperEngine",
 }
 
 

@@ -132,13 +132,26 @@ def record_usage(
 def usage_report(
     db: Database, *, tenant: str | None, since: str | None = None, until: str | None = None
 ) -> list[dict[str, object]]:
-    """Totals by tenant, model and day (``since``/``until`` are ``YYYY-MM-DD``)."""
+    """Totals by tenant, model and day (``since``/``until`` are ``YYYY-MM-DD``).
+
+    Tokens and requests come from ``usage``; CPU time, energy, cost and CO2e
+    from ``usage_metering`` (zero for days recorded before metering existed).
+    """
+    from intramuros.meter.tables import usage_metering as um
+
+    joined = usage.outerjoin(um, sa.and_(
+        usage.c.tenant == um.c.tenant, usage.c.key_id == um.c.key_id,
+        usage.c.model == um.c.model, usage.c.day == um.c.day))  # fmt: skip
     query = sa.select(
         usage.c.tenant, usage.c.model, usage.c.day,
         sa.func.sum(usage.c.requests).label("requests"),
         sa.func.sum(usage.c.prompt_tokens).label("prompt_tokens"),
         sa.func.sum(usage.c.completion_tokens).label("completion_tokens"),
-    ).group_by(usage.c.tenant, usage.c.model, usage.c.day).order_by(
+        sa.func.coalesce(sa.func.sum(um.c.cpu_seconds), 0.0).label("cpu_seconds"),
+        sa.func.coalesce(sa.func.sum(um.c.energy_joules), 0.0).label("energy_joules"),
+        sa.func.coalesce(sa.func.sum(um.c.cost_eur), 0.0).label("cost_eur"),
+        sa.func.coalesce(sa.func.sum(um.c.co2e_grams), 0.0).label("co2e_grams"),
+    ).select_from(joined).group_by(usage.c.tenant, usage.c.model, usage.c.day).order_by(
         usage.c.day, usage.c.tenant, usage.c.model)  # fmt: skip
     if tenant is not None:
         query = query.where(usage.c.tenant == tenant)
@@ -151,6 +164,10 @@ def usage_report(
             {**dict(row), "requests": int(row["requests"]),
              "prompt_tokens": int(row["prompt_tokens"]),
              "completion_tokens": int(row["completion_tokens"]),
-             "total_tokens": int(row["prompt_tokens"]) + int(row["completion_tokens"])}
+             "total_tokens": int(row["prompt_tokens"]) + int(row["completion_tokens"]),
+             "cpu_seconds": round(float(row["cpu_seconds"]), 6),
+             "energy_joules": round(float(row["energy_joules"]), 6),
+             "cost_eur": round(float(row["cost_eur"]), 9),
+             "co2e_grams": round(float(row["co2e_grams"]), 9)}
             for row in conn.execute(query).mappings()
         ]  # fmt: skip

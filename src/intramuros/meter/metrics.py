@@ -71,6 +71,30 @@ class Metrics:
             "Calls whose ledger record could not be written.",
             registry=self.registry,
         )
+        self.energy = Counter(
+            "intramuros_energy_joules",
+            "Energy of model calls (joules), by model and source (measured-rapl, estimated...).",
+            ["model", "source"],
+            registry=self.registry,
+        )
+        self.cpu_seconds = Counter(
+            "intramuros_cpu_seconds",
+            "Process CPU time apportioned to model calls, by model.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.cost = Counter(
+            "intramuros_cost_eur",
+            "Cost of model calls (EUR: hardware amortisation + electricity), by model.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.co2e = Counter(
+            "intramuros_co2e_grams",
+            "CO2-equivalent of model calls' energy (grams), by model.",
+            ["model"],
+            registry=self.registry,
+        )
         self.models_loaded = Gauge(
             "intramuros_models_loaded", "Models loaded now.", registry=self.registry
         )

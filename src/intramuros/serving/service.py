@@ -38,7 +38,9 @@ from intramuros.gate.privacy import PiiDecision
 from intramuros.gate.quotas import Quotas, record_usage
 from intramuros.gate.tenants import Principal, Tenants
 from intramuros.ledger import Ledger, LedgerKeys
+from intramuros.meter.energy import CallEnergy, EnergyMeter, open_sources
 from intramuros.meter.metrics import Metrics
+from intramuros.meter.tables import record_metering
 from intramuros.serving import convert
 from intramuros.serving.pool import LoadedModel, ModelPool
 from intramuros.settings import Settings
@@ -72,6 +74,13 @@ class CallMeter:
     keep_content: bool = False
     prompt_texts: list[str] = field(default_factory=list)
     output: list[str] = field(default_factory=list)
+    # Workload-specific measures (pages, audio seconds, ...): written to the ledger record
+    # under ``extra`` and shown in the ledger.
+    extra: dict[str, Any] = field(default_factory=dict)
+    energy: CallEnergy = field(default_factory=CallEnergy)
+    ended: float | None = None
+    cost_eur: float = 0.0
+    co2e_grams: float = 0.0
 
     def mark_first(self) -> None:
         """Note the first generated output."""
@@ -91,6 +100,8 @@ class InferenceService:
         self.tenants = Tenants(self.db)
         self.ledger = Ledger(self.db, LedgerKeys.load(settings.ledger_key_file))
         self.quotas = Quotas(self.db)
+        self.energy = _energy_meter(settings)
+        self.prices = settings.price_model()
         self.ready = False
         self.preload_error: str | None = None
 
@@ -228,6 +239,48 @@ class InferenceService:
         self.quotas.admit(scopes)
         return policy
 
+    # -- calls made by workloads (OCR, speech, screening) -------------------------
+
+    async def begin_call(
+        self, who: Principal, route: str, model: str, subject: str | None = None
+    ) -> tuple[CallMeter, TenantPolicy]:
+        """Open a metered call for a workload: model allowed, quotas, then the meter runs.
+
+        Pair every successful ``begin_call`` with exactly one ``end_call``, with
+        the exception if the work failed: that writes the request log, usage,
+        metrics and the ledger record, as for chat calls.
+        """
+        meter = CallMeter(route, model)
+        meter.subject = subject
+        try:
+            policy = await self._admit(who, meter)
+        except IntramurosError as exc:
+            self._finish(meter, exc)
+            raise
+        # The workload's own threads are not visible to the meter: its share of each
+        # interval is an equal one (see meter/energy.py).
+        self.energy.start(meter.energy)
+        meter.queued_until = time.perf_counter()
+        return meter, policy
+
+    def end_call(self, meter: CallMeter, exc: BaseException | None = None) -> None:
+        """Close a call opened with ``begin_call`` (see there)."""
+        self._finish(meter, exc)
+
+    async def run_metered(self, meter: CallMeter, func: Callable[..., Any], *args: Any) -> Any:
+        """``func(*args)`` in a worker thread whose CPU time counts as the call's.
+
+        Workloads run their CPU-bound work (OCR, speech decoding) through this
+        instead of ``asyncio.to_thread``, so that energy is apportioned by real
+        CPU time rather than in equal shares.
+        """
+
+        def run() -> Any:
+            meter.energy.attach_current_thread()
+            return func(*args)
+
+        return await asyncio.to_thread(run)
+
     # -- chat ----------------------------------------------------------------
 
     async def chat(
@@ -275,7 +328,7 @@ class InferenceService:
         )
         return p.ChatCompletionResponse(
             id=ident, created=created, model=req.model, system_fingerprint=FINGERPRINT,
-            choices=[choice], usage=_usage(gen),
+            choices=[choice], usage=_usage_of(meter),
         )  # fmt: skip
 
     async def _chat_chunks(
@@ -325,7 +378,7 @@ class InferenceService:
     ) -> p.CompletionResponse | AsyncIterator[p.CompletionResponse]:
         """A text completion (one choice per prompt), whole or streamed."""
         meter = CallMeter("/v1/completions", req.model)
-        meter.subject = req.user
+        meter.subject = req.user or _subject_of(req.metadata)
         try:
             policy = await self._admit(who, meter)
             model = await self.pool.get(req.model)
@@ -466,7 +519,8 @@ class InferenceService:
         return p.EmbeddingResponse(
             id="embd-" + secrets.token_hex(12), data=data, model=req.model,
             usage=p.EmbeddingUsage(prompt_tokens=result.prompt_tokens,
-                                   total_tokens=result.prompt_tokens),
+                                   total_tokens=result.prompt_tokens,
+                                   **metering_of(meter).model_dump(exclude_none=True)),
         )  # fmt: skip
 
     # -- machinery -------------------------------------------------------------
@@ -506,7 +560,7 @@ class InferenceService:
         (context too long, bad grammar) still become a proper HTTP status,
         before any byte of a stream is sent.
         """
-        stream = model.lane.stream(work)
+        stream = model.lane.stream(self._energy_metered(meter, work))
         try:
             first = await stream.__anext__()
         except StopAsyncIteration:
@@ -527,9 +581,35 @@ class InferenceService:
         return rest()
 
     async def _call(self, model: LoadedModel, meter: CallMeter, work: Callable[[], Any]) -> Any:
-        result = await model.lane.call(work)
-        meter.queued_until = meter.first_token = time.perf_counter()
+        def metered() -> Any:
+            meter.queued_until = time.perf_counter()
+            self.energy.start(meter.energy)
+            meter.energy.attach_current_thread()
+            try:
+                return work()
+            finally:
+                self.energy.stop(meter.energy)
+
+        result = await model.lane.call(metered)
+        meter.first_token = time.perf_counter()
         return result
+
+    def _energy_metered(
+        self, meter: CallMeter, work: Callable[[Any], Iterator[Delta]]
+    ) -> Callable[[Any], Iterator[Delta]]:
+        """``work`` with the call's energy metered while it runs in the lane's worker thread."""
+
+        def run(cancel: Any) -> Iterator[Delta]:
+            if meter.queued_until is None:
+                meter.queued_until = time.perf_counter()  # the wait ends when the worker starts
+            self.energy.start(meter.energy)
+            meter.energy.attach_current_thread()
+            try:
+                yield from work(cancel)
+            finally:
+                self.energy.stop(meter.energy)
+
+        return run
 
     async def _metered(
         self, deltas: AsyncGenerator[Delta, None], meter: CallMeter, finish: bool = True
@@ -586,7 +666,16 @@ class InferenceService:
         elif exc is not None:
             meter.error_code = meter.error_code or type(exc).__name__
         now = time.perf_counter()
+        meter.ended = now
+        self.energy.stop(meter.energy)
+        energy = meter.energy
+        meter.cost_eur = self.prices.cost_eur(energy.joules, energy.machine_seconds)
+        meter.co2e_grams = self.prices.co2e_grams(energy.joules)
         m = self.metrics
+        m.energy.labels(meter.model, energy.source).inc(energy.joules)
+        m.cpu_seconds.labels(meter.model).inc(energy.cpu_seconds)
+        m.cost.labels(meter.model).inc(meter.cost_eur)
+        m.co2e.labels(meter.model).inc(meter.co2e_grams)
         m.requests.labels(meter.route, meter.model, str(meter.status)).inc()
         m.latency.labels(meter.route, meter.model).observe(now - meter.started)
         m.tokens.labels(meter.model, "prompt").inc(meter.prompt_tokens)
@@ -604,6 +693,9 @@ class InferenceService:
                 ttft_ms=((meter.first_token - meter.started) * 1000
                          if meter.first_token is not None else None),
                 weights_sha256=meter.weights_sha256, tenant=meter.tenant, key_id=meter.key_id,
+                cpu_seconds=energy.cpu_seconds, energy_joules=energy.joules,
+                energy_source=energy.source, cost_eur=meter.cost_eur,
+                co2e_grams=meter.co2e_grams,
             )  # fmt: skip
             if meter.tenant is not None and meter.status < 400:
                 tokens = meter.prompt_tokens + meter.completion_tokens
@@ -614,6 +706,11 @@ class InferenceService:
                 record_usage(self.db, tenant=meter.tenant, key_id=meter.key_id or "-",
                              model=meter.model, prompt=meter.prompt_tokens,
                              completion=meter.completion_tokens, now=time.time())  # fmt: skip
+                record_metering(self.db, tenant=meter.tenant, key_id=meter.key_id or "-",
+                                model=meter.model, now=time.time(),
+                                cpu_seconds=energy.cpu_seconds, energy_joules=energy.joules,
+                                cost_eur=meter.cost_eur,
+                                co2e_grams=meter.co2e_grams)  # fmt: skip
         except IntramurosError as err:  # the answer matters more than its log line
             log.error("could not write request log: %s", err.message)
         self._record(meter, now)
@@ -627,7 +724,11 @@ class InferenceService:
             "completion_tokens": meter.completion_tokens,
             "latency_ms": round((now - meter.started) * 1000, 3),
             "pii": meter.pii.summary() if meter.pii else {},
+            **{k: v for k, v in metering_of(meter).model_dump().items()
+               if v is not None and k not in ("latency_ms", "routing")},
         }  # fmt: skip
+        if meter.extra:
+            data["extra"] = meter.extra
         content = None
         if meter.keep_content and meter.pii is not None:
             decision = meter.pii
@@ -648,7 +749,7 @@ class InferenceService:
 def _subject_of(metadata: dict[str, Any] | None) -> str | None:
     """The end user's id from ``metadata.user`` (or ``user_id``), if the client gave one."""
     value = (metadata or {}).get("user") or (metadata or {}).get("user_id")
-    return str(value)[:256] if value is not None else None
+    return str(value)[:200] if value is not None else None  # the ledger's subject limit
 
 
 def _zero() -> Any:
@@ -657,16 +758,46 @@ def _zero() -> Any:
     return Usage(0, 0)
 
 
-def _usage(gen: Generation) -> p.UsageOut:
-    return p.UsageOut(prompt_tokens=gen.usage.prompt_tokens,
-                      completion_tokens=gen.usage.completion_tokens,
-                      total_tokens=gen.usage.total_tokens)  # fmt: skip
+def _energy_meter(settings: Settings) -> EnergyMeter:
+    """The energy meter on the best counters allowed (ConfigError if a required one lacks)."""
+    from intramuros.errors import ConfigError
+
+    try:
+        sources = open_sources(settings.energy_source, settings.powercap_root)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"energy_source={settings.energy_source}: {exc}") from None
+    meter = EnergyMeter(sources, watts_per_core=settings.watts_per_core)
+    log.info("energy per call: %s", meter.label)
+    return meter
+
+
+def _ms(start: float, end: float | None) -> float | None:
+    return round((end - start) * 1000, 3) if end is not None else None
+
+
+def metering_of(meter: CallMeter) -> p.Metering:
+    """The call's timings, energy, cost and CO2e, as the extra ``usage`` fields."""
+    decode = None
+    if meter.first_token is not None and meter.ended is not None and meter.completion_tokens > 1:
+        span = meter.ended - meter.first_token
+        # Tokens after the first one, over the time after the first one.
+        decode = round((meter.completion_tokens - 1) / span, 3) if span > 0 else None
+    energy = meter.energy
+    return p.Metering(
+        queue_ms=_ms(meter.started, meter.queued_until), ttft_ms=_ms(meter.started,
+                                                                     meter.first_token),
+        latency_ms=_ms(meter.started, meter.ended), decode_tokens_per_second=decode,
+        cpu_seconds=round(energy.cpu_seconds, 6), energy_joules=round(energy.joules, 6),
+        energy_source=energy.source, cost_eur=round(meter.cost_eur, 12),
+        co2e_grams=round(meter.co2e_grams, 9),
+    )  # fmt: skip
 
 
 def _usage_of(meter: CallMeter) -> p.UsageOut:
     return p.UsageOut(prompt_tokens=meter.prompt_tokens,
                       completion_tokens=meter.completion_tokens,
-                      total_tokens=meter.prompt_tokens + meter.completion_tokens)  # fmt: skip
+                      total_tokens=meter.prompt_tokens + meter.completion_tokens,
+                      **metering_of(meter).model_dump(exclude_none=True))  # fmt: skip
 
 
 def _chat_logprobs(items: list[TokenLogprob] | None) -> p.ChoiceLogprobs:

@@ -58,6 +58,12 @@ request_log = sa.Table(
     sa.Column("weights_sha256", sa.String(64), nullable=True),
     sa.Column("tenant", sa.String(64), nullable=True),
     sa.Column("key_id", sa.String(32), nullable=True),
+    # Added by migration 6 (meter/tables.py).
+    sa.Column("cpu_seconds", sa.Float, nullable=True),
+    sa.Column("energy_joules", sa.Float, nullable=True),
+    sa.Column("energy_source", sa.String(40), nullable=True),
+    sa.Column("cost_eur", sa.Float, nullable=True),
+    sa.Column("co2e_grams", sa.Float, nullable=True),
 )
 
 tenants = sa.Table(
@@ -173,6 +179,18 @@ def _ledger_step(conn: Connection) -> None:
         apply(conn)
 
 
+def _area_step(module: str) -> Callable[[Connection], None]:
+    """A step owned by one area's ``tables`` module (``migration_steps()``), imported late."""
+
+    def step(conn: Connection) -> None:
+        import importlib
+
+        for _name, apply in importlib.import_module(module).migration_steps():
+            apply(conn)
+
+    return step
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "models and request log", _create_v1),
     Migration(2, "request log by time", _sql("CREATE INDEX ix_request_log_ts ON request_log (ts)")),
@@ -183,6 +201,9 @@ MIGRATIONS: list[Migration] = [
         "CREATE INDEX ix_request_log_tenant ON request_log (tenant, ts)",
     )),
     Migration(5, "ledger records and encrypted content", _ledger_step),
+    Migration(6, "metering: energy, cost, CO2", _area_step("intramuros.meter.tables")),
+    Migration(7, "files and document jobs", _area_step("intramuros.docai.tables")),
+    Migration(8, "kyc lists, customers, cases", _area_step("intramuros.kyc.tables")),
 ]
 
 

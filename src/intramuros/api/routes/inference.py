@@ -1,20 +1,28 @@
-"""Model-calling routes: chat, completions, embeddings. Thin: the service does the work."""
+"""Model-calling routes: chat, completions, embeddings. Thin: the services do the work.
+
+A request whose ``model`` is a route (``auto`` or a configured profile) goes
+through the router, which picks the model; any other goes straight to the
+core service. Every model answer carries ``x-intramuros-model``: the model
+that produced it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel
 
 from intramuros.api import protocol as p
 from intramuros.api.sse import sse_response
 from intramuros.gate.auth import principal
 from intramuros.gate.tenants import Principal
+from intramuros.router.service import Routed, RouterService
 from intramuros.serving.service import InferenceService
 
 router = APIRouter(prefix="/v1")
 Caller = Depends(principal)
+MODEL_HEADER = "x-intramuros-model"
 
 
 def _service(request: Request) -> InferenceService:
@@ -22,29 +30,53 @@ def _service(request: Request) -> InferenceService:
     return service
 
 
-def _respond(result: Any) -> Any:
+def _router(request: Request) -> RouterService:
+    routing: RouterService = request.app.state.router
+    return routing
+
+
+def _respond(result: Any, model: str, response: Response) -> Any:
     if isinstance(result, BaseModel):
+        response.headers[MODEL_HEADER] = model
         return result
-    return sse_response(result)
+    stream = sse_response(result)
+    stream.headers[MODEL_HEADER] = model
+    return stream
+
+
+def _routed(routed: Routed, response: Response) -> Any:
+    return _respond(routed.result, routed.model, response)
 
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    body: p.ChatCompletionRequest, request: Request, who: Principal = Caller
+    body: p.ChatCompletionRequest, request: Request, response: Response, who: Principal = Caller
 ) -> Any:
     """OpenAI ``POST /v1/chat/completions`` (Mistral's spellings accepted)."""
-    return _respond(await _service(request).chat(body, who))
+    if _router(request).is_route(body.model):
+        return _routed(await _router(request).chat(body, who), response)
+    return _respond(await _service(request).chat(body, who), body.model, response)
 
 
 @router.post("/completions", response_model=None)
-async def completions(body: p.CompletionRequest, request: Request, who: Principal = Caller) -> Any:
+async def completions(
+    body: p.CompletionRequest, request: Request, response: Response, who: Principal = Caller
+) -> Any:
     """OpenAI ``POST /v1/completions``."""
-    return _respond(await _service(request).completion(body, who))
+    if _router(request).is_route(body.model):
+        return _routed(await _router(request).completion(body, who), response)
+    return _respond(await _service(request).completion(body, who), body.model, response)
 
 
 @router.post("/embeddings", response_model=p.EmbeddingResponse)
 async def embeddings(
-    body: p.EmbeddingRequest, request: Request, who: Principal = Caller
+    body: p.EmbeddingRequest, request: Request, response: Response, who: Principal = Caller
 ) -> p.EmbeddingResponse:
     """OpenAI ``POST /v1/embeddings``."""
+    if _router(request).is_route(body.model):
+        routed = await _router(request).embeddings(body, who)
+        response.headers[MODEL_HEADER] = routed.model
+        result: p.EmbeddingResponse = routed.result
+        return result
+    response.headers[MODEL_HEADER] = body.model
     return await _service(request).embeddings(body, who)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Depends, Request
 
 from intramuros.api import protocol as p
@@ -15,9 +17,21 @@ router = APIRouter(prefix="/v1")
 
 @router.get("/models", response_model=p.ModelList)
 async def list_models(request: Request, who: Principal = Depends(principal)) -> p.ModelList:
-    """Every model the key may use, with sha256, licence, origin and capabilities."""
+    """Every model the key may use, with sha256, licence, origin and capabilities.
+
+    Routes (``auto`` and the configured profiles) follow, marked
+    ``intramuros.kind = "route"``: naming one lets the router pick the model.
+    """
     service: InferenceService = request.app.state.service
-    return service.list_models(who)
+    listing = service.list_models(who)
+    routing = getattr(request.app.state, "router", None)
+    if routing is not None:
+        now = int(time.time())
+        listing.data.extend(
+            p.ModelCard(id=name, created=now, owned_by="intramuros", intramuros={"kind": "route"})
+            for name in routing.route_names()
+        )
+    return listing
 
 
 @router.get("/models/{model_id:path}", response_model=p.ModelCard)

@@ -1,0 +1,188 @@
+"""OCR with Tesseract, through its command-line program (Debian ``tesseract-ocr``).
+
+The language packs come from Debian too (``tesseract-ocr-eng``, ``-fra``,
+``-deu``, ``-ita``, ``-spa``, ``-ell``, ``-grc``; Apache-2.0, trained by the
+Tesseract project); nothing is downloaded. We run the program once per page
+with the image on stdin and read its TSV output: words with their boxes, line
+numbers and confidences. Words get the height of their line as their size,
+so the layout step can tell headings from body text.
+
+Output text is NFC-normalised, and MICRO SIGN (U+00B5), which the ``ell``
+model emits for mu, becomes GREEK SMALL LETTER MU (U+03BC) in Greek text.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import shutil
+import subprocess
+import unicodedata
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from intramuros.docai.errors import InvalidOcrOption, OcrUnavailable
+from intramuros.docai.layout import Box
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+LANGUAGES = ("eng", "fra", "deu", "ita", "spa", "ell", "grc")
+GREEK = frozenset({"ell", "grc"})
+TIMEOUT_S = 180.0  # one page; a pathological image must not hold a worker forever
+
+
+@dataclass
+class OcrPage:
+    """What an OCR engine read on one page image: word or line boxes, in pixels."""
+
+    boxes: list[Box]
+    confidence: float  # mean over the boxes, 0..1
+    language: str
+
+
+def _is_greek(ch: str) -> bool:
+    return "\u0370" <= ch <= "\u03ff" or "\u1f00" <= ch <= "\u1fff"
+
+
+def greek_share(text: str) -> float:
+    """The share of Greek among the letters of ``text`` (0 when it has none)."""
+    letters = [c for c in text if c.isalpha()]
+    return sum(1 for c in letters if _is_greek(c)) / len(letters) if letters else 0.0
+
+
+def normalise_text(text: str, *, greek: bool = False) -> str:
+    """NFC, and MICRO SIGN as mu where the text is Greek.
+
+    With ``greek`` (the page was read as Greek) every U+00B5 becomes U+03BC;
+    otherwise only those inside a word that also has Greek letters (``5 µm``
+    in an English text keeps its micro sign).
+    """
+    text = unicodedata.normalize("NFC", text)
+    if "\u00b5" not in text:
+        return text
+    if greek:
+        return text.replace("\u00b5", "\u03bc")
+    words = text.split(" ")
+    for i, w in enumerate(words):
+        if "\u00b5" in w and any(_is_greek(c) for c in w):
+            words[i] = w.replace("\u00b5", "\u03bc")
+    return " ".join(words)
+
+
+@functools.lru_cache(maxsize=1)
+def installed_languages() -> frozenset[str]:
+    """The language packs the ``tesseract`` program has (empty if it is not installed)."""
+    exe = shutil.which("tesseract")
+    if exe is None:
+        return frozenset()
+    proc = subprocess.run([exe, "--list-langs"], capture_output=True, text=True, timeout=30,
+                          check=False)
+    lines = (proc.stdout or proc.stderr).splitlines()
+    return frozenset(ln.strip() for ln in lines[1:] if ln.strip())
+
+
+def check_languages(langs: list[str], filename: str = "document") -> str:
+    """``langs`` as Tesseract's ``-l`` value, after checking each is known and installed."""
+    for lang in langs:
+        if lang not in LANGUAGES:
+            raise InvalidOcrOption(
+                filename, f"unknown OCR language '{lang}'; known: {', '.join(LANGUAGES)}",
+                param="languages",
+            )
+    have = installed_languages()
+    if not have:
+        raise OcrUnavailable(
+            "Tesseract OCR is not installed on this server (Debian package tesseract-ocr)."
+        )
+    missing = [lang for lang in langs if lang not in have]
+    if missing:
+        raise OcrUnavailable(
+            f"Tesseract has no language pack for {', '.join(missing)} on this server "
+            f"(Debian packages {', '.join('tesseract-ocr-' + m for m in missing)})."
+        )
+    return "+".join(langs)
+
+
+def ocr(image: Image.Image, langs: list[str], dpi: int, filename: str = "document") -> OcrPage:
+    """Read ``image`` (mode L) with Tesseract in ``langs``; word boxes in image pixels."""
+    lang = check_languages(langs, filename)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")  # parallelism is across pages, not inside
+    exe = shutil.which("tesseract") or "tesseract"
+    try:
+        proc = subprocess.run(
+            [exe, "stdin", "stdout", "-l", lang, "--psm", "3", "--dpi", str(dpi), "tsv"],
+            input=buf.getvalue(), capture_output=True, timeout=TIMEOUT_S, env=env, check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise OcrUnavailable(f"Tesseract took longer than {TIMEOUT_S:.0f} s on one page.") from exc
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
+        raise OcrUnavailable(f"Tesseract failed (exit {proc.returncode}): {err[0]}")
+    return parse_tsv(proc.stdout.decode("utf-8", errors="replace"), lang)
+
+
+def parse_tsv(tsv: str, lang: str) -> OcrPage:
+    """Tesseract's TSV output as word boxes, each sized by its line's height."""
+    greek = any(code in GREEK for code in lang.split("+"))
+    lines: dict[tuple[int, int, int, int], int] = {}
+    words: list[tuple[tuple[int, int, int, int], Box]] = []
+    for row in tsv.splitlines()[1:]:
+        cols = row.split("\t")
+        if len(cols) < 12:
+            continue
+        try:
+            level, page, block, par, line = (int(c) for c in cols[:5])
+            left, top, width, height = (int(c) for c in cols[6:10])
+            conf = float(cols[10])
+        except ValueError:
+            continue
+        key = (page, block, par, line)
+        if level == 4:
+            lines[key] = height
+        elif level == 5:
+            text = normalise_text(cols[11].strip(), greek=greek)
+            if text:
+                words.append((key, Box(float(left), float(top), float(left + width),
+                                       float(top + height), text, conf=max(conf, 0.0) / 100)))
+    boxes = []
+    for key, b in words:
+        b.size = float(lines.get(key, b.height))
+        boxes.append(b)
+    confidence = sum(b.conf for b in boxes) / len(boxes) if boxes else 0.0
+    return OcrPage(boxes=boxes, confidence=confidence, language=lang)
+
+
+
+def detect_rotation(image: Image.Image, dpi: int) -> int:
+    """Degrees (90, 180, 270) the page must turn clockwise to be upright; 0 if it is or unknown.
+
+    Tesseract's orientation detection (``--psm 0``, the ``osd`` data); a
+    low-confidence answer (under 2, Tesseract's own rule of thumb) counts as 0.
+    """
+    exe = shutil.which("tesseract")
+    if exe is None or "osd" not in installed_languages():
+        return 0
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")
+    try:
+        proc = subprocess.run([exe, "stdin", "stdout", "--psm", "0", "--dpi", str(dpi)],
+                              input=buf.getvalue(), capture_output=True, timeout=TIMEOUT_S,
+                              env=env, check=False)
+    except subprocess.TimeoutExpired:
+        return 0
+    rotate, conf = 0, 0.0
+    for line in proc.stdout.decode(errors="replace").splitlines():
+        key, _, value = line.partition(":")
+        try:
+            if key == "Rotate":
+                rotate = int(value)
+            elif key == "Orientation confidence":
+                conf = float(value)
+        except ValueError:
+            return 0
+    return rotate if rotate in (90, 180, 270) and conf >= 2.0 else 0

@@ -1,0 +1,67 @@
+"""Metering's storage: energy, cost and CO2e per call and per day.
+
+Per call, five nullable columns on ``request_log`` (null for calls logged
+before metering existed). Per day, ``usage_metering`` beside the token totals
+of ``usage`` (same key: tenant, key, model, day), so ``GET /v1/usage`` can sum
+energy, euros and grams the way it sums tokens.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from intramuros.store.db import Database, metadata
+
+usage_metering = sa.Table(
+    "usage_metering",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("model", sa.String(200), primary_key=True),
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("cpu_seconds", sa.Float, nullable=False),
+    sa.Column("energy_joules", sa.Float, nullable=False),
+    sa.Column("cost_eur", sa.Float, nullable=False),
+    sa.Column("co2e_grams", sa.Float, nullable=False),
+)
+
+
+def _request_log_columns(conn: Connection) -> None:
+    for column, kind in (("cpu_seconds", "FLOAT"), ("energy_joules", "FLOAT"),
+                         ("energy_source", "VARCHAR(40)"), ("cost_eur", "FLOAT"),
+                         ("co2e_grams", "FLOAT")):  # fmt: skip
+        conn.execute(sa.text(f"ALTER TABLE request_log ADD COLUMN {column} {kind}"))
+
+
+def _usage_metering(conn: Connection) -> None:
+    frozen = sa.MetaData()
+    usage_metering.to_metadata(frozen).create(conn)
+
+
+def migration_steps() -> list[tuple[str, Callable[[Connection], None]]]:
+    """(name, apply) pairs run in order by the database's migration for this area."""
+    return [("request log energy columns", _request_log_columns),
+            ("daily energy and cost", _usage_metering)]  # fmt: skip
+
+
+def record_metering(
+    db: Database, *, tenant: str, key_id: str, model: str, now: float, cpu_seconds: float,
+    energy_joules: float, cost_eur: float, co2e_grams: float,
+) -> None:  # fmt: skip
+    """Add one call's energy, cost and CO2e to its day's totals."""
+    day = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d")
+    t = usage_metering.c
+    where = (t.tenant == tenant, t.key_id == key_id, t.model == model, t.day == day)
+    with db.begin() as conn:
+        updated = conn.execute(usage_metering.update().where(*where).values(
+            cpu_seconds=t.cpu_seconds + cpu_seconds, energy_joules=t.energy_joules + energy_joules,
+            cost_eur=t.cost_eur + cost_eur, co2e_grams=t.co2e_grams + co2e_grams,
+        )).rowcount  # fmt: skip
+        if not updated:
+            conn.execute(usage_metering.insert().values(
+                tenant=tenant, key_id=key_id, model=model, day=day, cpu_seconds=cpu_seconds,
+                energy_joules=energy_joules, cost_eur=cost_eur, co2e_grams=co2e_grams))  # fmt: skip

@@ -1,0 +1,188 @@
+"""The Files API on a real server, with the official openai and mistralai clients.
+
+Tenant-scoped, encrypted at rest, sha256 recorded, size-limited; every
+malformed upload gets a 4xx naming the problem and the server goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import Server, start_server, stop_server
+
+LIMIT = 200_000
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = start_server(tmp_path_factory.mktemp("files"), "--preload-models", "",
+                          "--files-max-bytes", str(LIMIT), auth=True)  # fmt: skip
+    yield server
+    stop_server(server)
+
+
+def _client(srv: Server, who: str = "user") -> openai.OpenAI:
+    return openai.OpenAI(base_url=srv.base_url + "/v1", api_key=srv.keys[who], max_retries=0,
+                         timeout=60)  # fmt: skip
+
+
+@pytest.fixture()
+def http(srv: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=srv.base_url, headers=srv.headers(), timeout=60) as client:
+        yield client
+
+
+def test_openai_client_round_trip(srv: Server, tmp_path: Path) -> None:
+    client = _client(srv)
+    payload = os.urandom(5000) + b"\x00end"
+    src = tmp_path / "scan 1.pdf"
+    src.write_bytes(payload)
+    with src.open("rb") as fh:
+        created = client.files.create(file=fh, purpose="user_data")
+    assert created.id.startswith("file-") and created.object == "file"
+    assert created.bytes == len(payload) and created.filename == "scan 1.pdf"
+    assert created.purpose == "user_data"
+    extra = created.model_extra or {}
+    assert extra["sha256"] == hashlib.sha256(payload).hexdigest()
+
+    got = client.files.retrieve(created.id)
+    assert (got.id, got.bytes, got.filename) == (created.id, created.bytes, created.filename)
+    assert client.files.content(created.id).content == payload
+    assert created.id in [f.id for f in client.files.list()]
+    assert created.id in [f.id for f in client.files.list(purpose="user_data")]
+    assert created.id not in [f.id for f in client.files.list(purpose="batch")]
+
+    deleted = client.files.delete(created.id)
+    assert (deleted.id, deleted.object, deleted.deleted) == (created.id, "file", True)
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(created.id)
+    with pytest.raises(openai.NotFoundError):
+        client.files.content(created.id)
+    with pytest.raises(openai.NotFoundError):
+        client.files.delete(created.id)
+
+
+def test_stored_encrypted_with_a_private_key(srv: Server) -> None:
+    client = _client(srv)
+    secret = b"CONFIDENTIAL-MARKER-" + os.urandom(8).hex().encode()
+    created = client.files.create(file=("memo.txt", secret), purpose="assistants")
+    blobs = list((srv.data_dir / "files").rglob(f"{created.id}.bin"))
+    assert len(blobs) == 1
+    assert secret not in blobs[0].read_bytes()
+    assert stat.S_IMODE(blobs[0].stat().st_mode) == 0o600
+    key = srv.data_dir / "files.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    # The database holds no plaintext either.
+    assert secret not in (srv.data_dir / "intramuros.db").read_bytes()
+    assert client.files.content(created.id).content == secret
+
+
+def test_tenant_isolation(srv: Server) -> None:
+    acme, globex = _client(srv, "user"), _client(srv, "other")
+    mine = acme.files.create(file=("a.txt", b"acme only"), purpose="assistants")
+    assert mine.id not in [f.id for f in globex.files.list()]
+    for call in (globex.files.retrieve, globex.files.content, globex.files.delete):
+        with pytest.raises(openai.NotFoundError) as err:
+            call(mine.id)
+        assert err.value.response.json()["error"]["code"] == "file_not_found"
+    # Same answer as an id that never existed.
+    with pytest.raises(openai.NotFoundError) as missing:
+        globex.files.retrieve("file-" + "0" * 24)
+    assert missing.value.response.json()["error"]["code"] == "file_not_found"
+    assert acme.files.content(mine.id).content == b"acme only"
+
+
+def test_cursor_paging(srv: Server, http: httpx.Client) -> None:
+    client = _client(srv)
+    ids = [client.files.create(file=(f"p{i}.txt", b"x" * (i + 1)), purpose="batch").id
+           for i in range(3)]  # fmt: skip
+    first = http.get("/v1/files", params={"purpose": "batch", "limit": 2}).json()
+    assert first["object"] == "list" and first["has_more"] is True and first["total"] >= 3
+    assert [f["id"] for f in first["data"]] == ids[::-1][:2]
+    rest = http.get("/v1/files", params={"purpose": "batch", "limit": 2,
+                                         "after": first["last_id"]}).json()  # fmt: skip
+    assert ids[0] in [f["id"] for f in rest["data"]]
+    # The SDK's auto-pagination walks all pages.
+    assert set(ids) <= {f.id for f in client.files.list(purpose="batch", limit=1)}
+    # Mistral's page/page_size.
+    page = http.get("/v1/files", params={"purpose": "batch", "page": 1, "page_size": 1}).json()
+    assert [f["id"] for f in page["data"]] == [ids[1]]
+
+
+def test_mistral_client(srv: Server) -> None:
+    from mistralai.client import Mistral
+
+    with Mistral(api_key=srv.keys["user"], server_url=srv.base_url) as client:
+        up = client.files.upload(file={"file_name": "doc.pdf", "content": b"%PDF-1.4 tiny"},
+                                 purpose="ocr")  # fmt: skip
+        assert up.id.startswith("file-") and up.purpose == "ocr"
+        assert client.files.retrieve(file_id=up.id).filename == "doc.pdf"
+        assert client.files.download(file_id=up.id).read() == b"%PDF-1.4 tiny"
+        assert up.id in [f.id for f in client.files.list().data]
+        assert client.files.delete(file_id=up.id).deleted is True
+
+
+def _error(r: httpx.Response, status: int) -> dict[str, str]:
+    assert r.status_code == status, r.text
+    err: dict[str, str] = r.json()["error"]
+    assert err["message"]
+    return err
+
+
+def test_bad_uploads(srv: Server, http: httpx.Client) -> None:
+    files = {"file": ("a.txt", b"abc")}
+    assert _error(http.post("/v1/files", data={"purpose": "nope"}, files=files),
+                  400)["param"] == "purpose"  # fmt: skip
+    assert _error(http.post("/v1/files", files=files), 400)["param"] == "purpose"
+    assert _error(http.post("/v1/files", data={"purpose": "ocr"}, files={"x": ("a", b"a")}),
+                  400)["param"] == "x"  # fmt: skip
+    text_field = {"purpose": (None, "ocr"), "file": (None, "just text")}
+    assert _error(http.post("/v1/files", files=text_field), 400)["param"] == "file"
+    assert _error(http.post("/v1/files", data={"purpose": "ocr"}), 400)["code"] == "invalid_upload"
+    assert _error(http.post("/v1/files", json={"purpose": "ocr"}), 400)["code"] == "invalid_upload"
+    broken = http.post("/v1/files", content=b"--zz\r\nContent-Disposition: form-data; name=",
+                       headers={"content-type": "multipart/form-data; boundary=zz"})  # fmt: skip
+    assert _error(broken, 400)["code"] == "invalid_upload"
+    no_boundary = http.post("/v1/files", content=b"garbage",
+                            headers={"content-type": "multipart/form-data"})  # fmt: skip
+    assert _error(no_boundary, 400)["code"] == "invalid_upload"
+    # Over the limit: the file itself, and a body past the declared limit.
+    big = http.post("/v1/files", data={"purpose": "ocr"}, files={"file": ("b", b"x" * (LIMIT + 1))})
+    assert _error(big, 413)["code"] == "file_too_large"
+    huge = http.post("/v1/files", data={"purpose": "ocr"},
+                     files={"file": ("b", b"x" * (LIMIT + 2 * 1024 * 1024))})  # fmt: skip
+    assert _error(huge, 413)["code"] == "payload_too_large"
+    # Unauthenticated: 401, nothing stored.
+    anon = httpx.post(srv.base_url + "/v1/files", data={"purpose": "ocr"}, files=files)
+    assert anon.status_code == 401
+    # The server is fine afterwards.
+    assert http.post("/v1/files", data={"purpose": "ocr"}, files=files).status_code == 200
+
+
+def test_hostile_names_and_ids(srv: Server, http: httpx.Client) -> None:
+    r = http.post("/v1/files", data={"purpose": "ocr"},
+                  files={"file": ("../../../etc/passwd", b"root:x")})  # fmt: skip
+    assert r.status_code == 200
+    assert r.json()["filename"] == "passwd"
+    assert not (srv.data_dir.parent / "etc").exists()
+    r = http.post("/v1/files", data={"purpose": "ocr"},
+                  files={"file": ("..\\..\\win.ini\x00.txt", b"w")})  # fmt: skip
+    assert r.status_code == 200 and "/" not in r.json()["filename"] and "\\" not in r.json()[
+        "filename"]  # fmt: skip
+    cd = http.get(f"/v1/files/{r.json()['id']}/content").headers["content-disposition"]
+    assert cd.startswith("attachment;")
+    for bad in ("..%2F..%2Fetc%2Fpasswd", "file-../../x", "file-" + "g" * 24, "x" * 500):
+        assert http.get(f"/v1/files/{bad}").status_code == 404
+        assert http.get(f"/v1/files/{bad}/content").status_code == 404
+        assert http.delete(f"/v1/files/{bad}").status_code == 404
+    assert "limit" in _error(http.get("/v1/files", params={"limit": 0}), 400)["param"]
+    assert "order" in _error(http.get("/v1/files", params={"order": "x"}), 400)["param"]
+    assert http.get("/v1/files", params={"after": "file-" + "0" * 24}).status_code == 404

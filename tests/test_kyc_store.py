@@ -1,0 +1,150 @@
+"""The KYC store on SQLite and PostgreSQL: atomic re-import, cases, decisions, re-screening."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from intramuros.kyc.errors import CaseNotFound
+from intramuros.kyc.importers import ImportResult, parse_list
+from intramuros.kyc.model import Entity, Name
+from intramuros.kyc.workflow import KycWorkflow
+from intramuros.ledger import Ledger
+from intramuros.settings import Settings
+from intramuros.store.db import Database
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sanctions"
+
+
+@pytest.fixture()
+def flow(db_url: str, tmp_path: Path) -> Iterator[KycWorkflow]:
+    db = Database(db_url)
+    db.migrate()
+    settings = Settings(data_dir=tmp_path, database_url=db_url, kyc_refresh_seconds=0)
+    yield KycWorkflow(db, Ledger(db, None), settings)
+    db.close()
+
+
+def _result(entities: list[Entity]) -> ImportResult:
+    return ImportResult(entities=entities, files={"x": "0" * 64}, list_date="2026-12-01")
+
+
+def _person(source_id: str, name: str, dob: str | None = None) -> Entity:
+    return Entity("watch", source_id, "person", [Name(name)], birth_dates=[dob] if dob else [])
+
+
+def test_import_status_and_versions(flow: KycWorkflow) -> None:
+    result = parse_list(DATA / "un" / "UN_consolidated.xml", "un", "un")
+    first = flow.store.import_list(result, "un", "un", "un.xml")
+    second = flow.store.import_list(result, "un", "un", "un.xml")
+    third = flow.store.import_list(_result([_person("1", "Solo Person")]), "un", "csv", "x.csv")
+    assert first < second < third
+    [status] = flow.store.status()
+    assert (status.name, status.version, status.entities) == ("un", third, 1)
+    assert flow.store.active_versions() == {"un": (third, 1)}
+    assert len(flow.store.load_version(second)) == len(result.entities)  # previous one kept
+    assert flow.store.load_version(first) == []  # older ones pruned
+    assert flow.store.delete_list("un") and flow.store.status() == []
+
+
+def test_reimport_is_atomic_for_concurrent_screening(flow: KycWorkflow) -> None:
+    old = [_person(str(i), f"Oldname{i} Family{i}") for i in range(1500)]
+    new = [_person(str(i), f"Newname{i} Family{i}") for i in range(1000)]
+    flow.store.import_list(_result(old), "watch", "csv", "old.csv")
+    flow.screener.refresh(force=True)
+    seen: list[tuple[int, bool, bool]] = []
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def screen_loop() -> None:
+        try:
+            while not stop.is_set():
+                r1 = flow.screener.current()  # one snapshot per screening
+                a = r1.screen(_subject("Oldname7 Family7"), min_score=0.95)
+                b = r1.screen(_subject("Newname7 Family7"), min_score=0.95)
+                seen.append((len(r1), bool(a), bool(b)))
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=screen_loop)
+    thread.start()
+    try:
+        for _round in range(3):
+            flow.store.import_list(_result(new), "watch", "csv", "new.csv")
+            flow.store.import_list(_result(old), "watch", "csv", "old.csv")
+        flow.store.import_list(_result(new), "watch", "csv", "new.csv")
+        while not any(size == 1000 for size, _a, _b in seen[-5:]):
+            flow.screener.refresh(force=True)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not failures
+    # every screening saw a whole list: the old one (1500, old name only) or the new one
+    assert set(seen) <= {(1500, True, False), (1000, False, True)}
+    assert (1500, True, False) in seen and (1000, False, True) in seen
+
+
+def _subject(name: str) -> object:
+    from intramuros.kyc.match import Subject
+
+    return Subject(name)
+
+
+def test_cases_decisions_and_tenant_isolation(flow: KycWorkflow) -> None:
+    flow.store.import_list(_result([_person("p1", "Ivan Testovsky", "1961-04-12")]),
+                           "watch", "csv", "w.csv")  # fmt: skip
+    [res] = flow.screen("acme", "k1", [{"name": "Ivan Testovskiy", "birth_date": "1961-04-12"}])
+    assert res["matches"][0]["alert"] and res["case_id"]
+    case_id = res["case_id"]
+    [miss] = flow.screen("acme", "k1", [{"name": "Completely Different"}])
+    assert miss["matches"] == [] and miss["case_id"] is None
+    assert [c["id"] for c in flow.cases.list("acme")] == [case_id]
+    assert flow.cases.list("globex") == []
+    with pytest.raises(CaseNotFound):
+        flow.cases.get("globex", case_id)
+    with pytest.raises(CaseNotFound):
+        flow.decide("globex", "k2", case_id, "false_positive", "not ours")
+    case = flow.decide("acme", "k1", case_id, "escalate", "needs a second look")
+    assert case["status"] == "escalated"
+    case = flow.decide("acme", "k1", case_id, "true_match", "confirmed by passport copy")
+    assert case["status"] == "confirmed"
+    assert [h["decision"] for h in case["history"]] == ["escalate", "true_match"]
+    kinds = [(r.kind, r.tenant) for r in flow.ledger.records()]
+    assert kinds.count(("kyc_screening", "acme")) == 2
+    assert kinds.count(("kyc_decision", "acme")) == 2
+    assert ("kyc_decision", "globex") not in kinds
+    assert flow.ledger.verify().ok
+
+
+def test_thresholds_per_tenant(flow: KycWorkflow) -> None:
+    flow.store.import_list(_result([_person("p1", "Ivan Testovsky")]), "watch", "csv", "w.csv")
+    assert flow.threshold_for("acme") == flow.settings.kyc_threshold
+    flow.store.set_threshold("globex", 0.99)
+    [acme] = flow.screen("acme", None, [{"name": "Ivan Testovskiy"}])
+    [globex] = flow.screen("globex", None, [{"name": "Ivan Testovskiy"}])
+    assert acme["case_id"] and not globex["case_id"]
+    assert globex["threshold"] == 0.99 and globex["matches"]  # still shown, not alerting
+
+
+def test_rescreen_opens_cases_only_for_new_or_changed_hits(flow: KycWorkflow) -> None:
+    v1 = [_person("p1", "Ivan Testovsky", "1961-04-12"), _person("p2", "Maria Exampleva")]
+    flow.store.import_list(_result(v1), "watch", "csv", "w.csv")
+    customers = [{"customer_id": "c1", "name": "Ivan Testovsky"},
+                 {"customer_id": "c2", "name": "Olga Newcomer"},
+                 {"customer_id": "c3", "name": "Maria Exampleva"}]  # fmt: skip
+    first = flow.screen("acme", None, customers)
+    assert [bool(r["case_id"]) for r in first] == [True, False, True]
+    assert flow.rescreen("acme", None)["cases_opened"] == 0  # nothing changed
+    v2 = [_person("p1", "Ivan Testovsky", "1961-04-13"),  # changed entry
+          _person("p2", "Maria Exampleva"),  # unchanged
+          _person("p3", "Olga Newcomer")]  # new entry  # fmt: skip
+    flow.store.import_list(_result(v2), "watch", "csv", "w2.csv")
+    summary = flow.rescreen("acme", None)
+    assert summary["customers"] == 3 and summary["cases_opened"] == 2
+    opened = {flow.cases.get("acme", c)["customer_id"] for c in summary["case_ids"]}
+    assert opened == {"c1", "c2"}
+    assert flow.rescreen("acme", None)["cases_opened"] == 0
+    assert flow.rescreen("globex", None)["customers"] == 0
