@@ -9,6 +9,7 @@ that produced it.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel
@@ -36,11 +37,13 @@ def _router(request: Request) -> RouterService:
 
 
 def _respond(result: Any, model: str, response: Response) -> Any:
+    # Header values are Latin-1 on the wire: a model id outside ASCII is percent-encoded.
+    value = quote(model, safe="-._~:/@+")
     if isinstance(result, BaseModel):
-        response.headers[MODEL_HEADER] = model
+        response.headers[MODEL_HEADER] = value
         return result
     stream = sse_response(result)
-    stream.headers[MODEL_HEADER] = model
+    stream.headers[MODEL_HEADER] = value
     return stream
 
 
