@@ -202,6 +202,21 @@ CASES: dict[str, Case] = {
         param="model",
         code="model_not_found",
     ),
+    # Outside Latin-1 (a header could not carry it raw): still a 404, never a 500.
+    "embeddings-unknown-astral-model": Case(
+        EMBEDDINGS,
+        embedding(model="\U000762c2-\u2603"),
+        status=404,
+        param="model",
+        code="model_not_found",
+    ),
+    "chat-unknown-astral-model": Case(
+        CHAT,
+        chat(model="\U000762c2-\u2603"),
+        status=404,
+        param="model",
+        code="model_not_found",
+    ),
     "embeddings-with-chat-model": Case(
         EMBEDDINGS, embedding(model=CHAT_MODEL), param="model", code="model_not_supported"
     ),

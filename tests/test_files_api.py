@@ -179,6 +179,15 @@ def test_hostile_names_and_ids(srv: Server, http: httpx.Client) -> None:
         "filename"]  # fmt: skip
     cd = http.get(f"/v1/files/{r.json()['id']}/content").headers["content-disposition"]
     assert cd.startswith("attachment;")
+    # Line breaks and non-ASCII in a name cannot split or break the download's headers.
+    r = http.post("/v1/files", data={"purpose": "ocr"},
+                  files={"file": ("na\u00efve\r\nX-Evil: 1 \u65e5\u672c.pdf", b"n")})  # fmt: skip
+    assert r.status_code == 200
+    got = http.get(f"/v1/files/{r.json()['id']}/content")
+    assert got.status_code == 200 and got.content == b"n" and "x-evil" not in got.headers
+    cd = got.headers["content-disposition"]
+    assert "\r" not in cd and "\n" not in cd and cd.isascii()
+    assert "filename*=UTF-8''" in cd and "%E6%97%A5" in cd
     for bad in ("..%2F..%2Fetc%2Fpasswd", "file-../../x", "file-" + "g" * 24, "x" * 500):
         assert http.get(f"/v1/files/{bad}").status_code == 404
         assert http.get(f"/v1/files/{bad}/content").status_code == 404

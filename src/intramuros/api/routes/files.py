@@ -109,9 +109,10 @@ async def retrieve_file(file_id: str, request: Request, who: Principal = Caller)
 async def file_content(file_id: str, request: Request, who: Principal = Caller) -> Response:
     """A file's bytes, as uploaded (served as an attachment, never rendered)."""
     record, data = await _service(request).file_content(who, file_id)
-    ascii_name = record.filename.encode("ascii", "replace").decode().replace('"', "_")
-    disposition = (f"attachment; filename=\"{ascii_name}\"; "
-                   f"filename*=UTF-8''{quote(record.filename)}")
+    # A stored name may hold anything a client sent: only printable ASCII goes in raw.
+    ascii_name = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in record.filename)
+    utf8_name = quote(record.filename.encode("utf-8", "replace"))
+    disposition = f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{utf8_name}"
     return Response(content=data, media_type="application/octet-stream", headers={
         "Content-Disposition": disposition, "X-Content-Type-Options": "nosniff",
     })  # fmt: skip

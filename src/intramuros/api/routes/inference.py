@@ -36,9 +36,13 @@ def _router(request: Request) -> RouterService:
     return routing
 
 
-def _respond(result: Any, model: str, response: Response) -> Any:
+def _model_header(model: str) -> str:
     # Header values are Latin-1 on the wire: a model id outside ASCII is percent-encoded.
-    value = quote(model, safe="-._~:/@+")
+    return quote(model, safe="-._~:/@+")
+
+
+def _respond(result: Any, model: str, response: Response) -> Any:
+    value = _model_header(model)
     if isinstance(result, BaseModel):
         response.headers[MODEL_HEADER] = value
         return result
@@ -78,8 +82,9 @@ async def embeddings(
     """OpenAI ``POST /v1/embeddings``."""
     if _router(request).is_route(body.model):
         routed = await _router(request).embeddings(body, who)
-        response.headers[MODEL_HEADER] = routed.model
+        response.headers[MODEL_HEADER] = _model_header(routed.model)
         result: p.EmbeddingResponse = routed.result
         return result
-    response.headers[MODEL_HEADER] = body.model
-    return await _service(request).embeddings(body, who)
+    embedded = await _service(request).embeddings(body, who)
+    response.headers[MODEL_HEADER] = _model_header(body.model)
+    return embedded
