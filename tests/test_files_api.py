@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,15 +17,19 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Server, start_server, stop_server
+from intramuros.docai.tables import files as files_table
+from intramuros.store.db import Database
+from tests.conftest import Server, cli, start_server, stop_server
 
 LIMIT = 200_000
 
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    # A short purge interval lets a test watch the server's own schedule delete a file.
     server = start_server(tmp_path_factory.mktemp("files"), "--preload-models", "",
-                          "--files-max-bytes", str(LIMIT), auth=True)  # fmt: skip
+                          "--files-max-bytes", str(LIMIT), "--purge-interval-seconds", "10",
+                          auth=True)  # fmt: skip
     yield server
     stop_server(server)
 
@@ -195,3 +200,74 @@ def test_hostile_names_and_ids(srv: Server, http: httpx.Client) -> None:
     assert "limit" in _error(http.get("/v1/files", params={"limit": 0}), 400)["param"]
     assert "order" in _error(http.get("/v1/files", params={"order": "x"}), 400)["param"]
     assert http.get("/v1/files", params={"after": "file-" + "0" * 24}).status_code == 404
+
+
+def _set(srv: Server, file_id: str, **values: float) -> None:
+    """Move a stored file in time (the test's stand-in for days passing)."""
+    db = Database(f"sqlite:///{srv.data_dir / 'intramuros.db'}")
+    try:
+        with db.begin() as conn:
+            conn.execute(files_table.update().where(files_table.c.id == file_id).values(**values))
+    finally:
+        db.close()
+
+
+def _blob_gone(srv: Server, file_id: str) -> bool:
+    return not list((srv.data_dir / "files").rglob(f"{file_id}.bin"))
+
+
+def test_expiry_and_bad_expiry(srv: Server, http: httpx.Client) -> None:
+    client = _client(srv)
+    up = client.files.create(file=("e.txt", b"expiring"), purpose="ocr",
+                             expires_after={"anchor": "created_at", "seconds": 3600})  # fmt: skip
+    assert up.expires_at == up.created_at + 3600
+    assert client.files.retrieve(up.id).expires_at == up.expires_at
+    plain = client.files.create(file=("p.txt", b"plain"), purpose="ocr")
+    assert plain.expires_at is None
+    for fields, param in (
+        ({"expires_after[seconds]": "59"}, "expires_after[seconds]"),
+        ({"expires_after[seconds]": "2592001"}, "expires_after[seconds]"),
+        ({"expires_after[seconds]": "1e4"}, "expires_after[seconds]"),
+        ({"expires_after[seconds]": "-3600"}, "expires_after[seconds]"),
+        ({"expires_after[seconds]": "\u0663\u0666\u0660\u0660"}, "expires_after[seconds]"),
+        ({"expires_after[anchor]": "created_at"}, "expires_after[seconds]"),
+        ({"expires_after[anchor]": "last_active_at", "expires_after[seconds]": "3600"},
+         "expires_after[anchor]"),
+    ):  # fmt: skip
+        r = http.post("/v1/files", data={"purpose": "ocr", **fields},
+                      files={"file": ("x.txt", b"x")})  # fmt: skip
+        assert _error(r, 400)["param"] == param, fields
+    # Its time passes: gone for the client at once, and the server's schedule deletes it.
+    _set(srv, up.id, expires_at=time.time() - 1)
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(up.id)
+    assert up.id not in {f.id for f in client.files.list()}
+    deadline = time.monotonic() + 60
+    while not _blob_gone(srv, up.id) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _blob_gone(srv, up.id)
+    assert client.files.retrieve(plain.id).id == plain.id
+
+
+def test_retention_deletes_old_files(srv: Server) -> None:
+    # Runs last in this module: it gives acme a retention period.
+    client = _client(srv)
+    old = client.files.create(file=("old.txt", b"old"), purpose="ocr")
+    new = client.files.create(file=("new.txt", b"new"), purpose="ocr")
+    theirs = _client(srv, "other").files.create(file=("g.txt", b"g"), purpose="ocr")
+    _set(srv, old.id, created_at=time.time() - 40 * 86400)
+    _set(srv, theirs.id, created_at=time.time() - 40 * 86400)
+    cli(srv.data_dir, "tenants", "policy", "acme", "--retention-days", "30")
+    out = cli(srv.data_dir, "purge", "--tenant", "acme")
+    assert "acme: deleted 1 file(s), 0 OCR job(s)" in out
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(old.id)
+    assert _blob_gone(srv, old.id) and not _blob_gone(srv, new.id)
+    assert client.files.content(new.id).content == b"new"
+    # globex has no retention period: its old file stays.
+    assert _client(srv, "other").files.content(theirs.id).content == b"g"
+    rows = httpx.get(srv.base_url + "/v1/admin/ledger?limit=1000",
+                     headers=srv.headers("admin"), timeout=30).json()["data"]  # fmt: skip
+    purges = [r for r in rows if r["kind"] == "file" and r["data"]["action"] == "file_purge"]
+    assert any(r["data"]["reason"] == "retention" and r["data"]["file_ids"] == [old.id]
+               and r["data"]["actor"].startswith("cli:") for r in purges)  # fmt: skip

@@ -136,3 +136,40 @@ def test_sniff_and_mime() -> None:
     assert sniff_mime(b"hello") is None
     assert clean_mime("Image/JPG; q=1") == "image/jpeg"
     assert clean_mime("not a mime") is None
+
+
+def test_expiry_hides_then_purge_deletes(tmp_path: Path, db_url: str) -> None:
+    store = _store(tmp_path, db_url)
+    keep = store.put("acme", b"keep", filename="k.txt", purpose="ocr", mime_type="text/plain")
+    soon = store.put("acme", b"soon", filename="s.txt", purpose="ocr", mime_type="text/plain",
+                     expires_after=3600)  # fmt: skip
+    assert soon.expires_at is not None and soon.expires_at - soon.created_at == 3600
+    assert soon.to_wire()["expires_at"] == int(soon.expires_at)
+    assert keep.to_wire()["expires_at"] is None
+    # Not yet due: a purge leaves both.
+    assert store.purge() == {}
+    assert store.count("acme") == 2
+    # Past its time it is gone for clients at once, before any purge runs.
+    gone = store.put("acme", b"gone", filename="g.txt", purpose="ocr", mime_type="text/plain",
+                     expires_after=-1)  # fmt: skip
+    with pytest.raises(FileNotFound):
+        store.read("acme", gone.id)
+    assert gone.id not in {r.id for r in store.list_files("acme")[0]}
+    assert store.count("acme") == 2
+    # A purge an hour on deletes both expired files, rows and ciphertexts, not the other.
+    removed = store.purge(now=soon.created_at + 3601)
+    assert sorted(removed["acme"]) == sorted([soon.id, gone.id])
+    assert not list(store.root.rglob(f"{soon.id}.bin")) and not list(
+        store.root.rglob(f"{gone.id}.bin"))  # fmt: skip
+    assert store.read("acme", keep.id)[1] == b"keep"
+
+
+def test_retention_purge_is_per_tenant(tmp_path: Path, db_url: str) -> None:
+    store = _store(tmp_path, db_url)
+    a = store.put("acme", b"a", filename="a.txt", purpose="ocr", mime_type="text/plain")
+    g = store.put("globex", b"g", filename="g.txt", purpose="ocr", mime_type="text/plain")
+    with pytest.raises(ValueError):
+        store.purge(created_before=a.created_at + 1)
+    assert store.purge(tenant="acme", created_before=a.created_at) == {}
+    assert store.purge(tenant="acme", created_before=a.created_at + 1) == {"acme": [a.id]}
+    assert store.read("globex", g.id)[1] == b"g"

@@ -27,6 +27,9 @@ from intramuros.ledger import Checkpoint, Ledger, LedgerKeys, generate_key_file,
 from intramuros.offline import enforce_offline
 from intramuros.settings import Settings, load_settings
 
+if typing.TYPE_CHECKING:
+    from intramuros.docai.retention import Purged
+
 # Piped output (| grep, CI logs) must not wrap: names and hashes stay whole.
 console = Console(width=None if sys.stdout.isatty() else 1000)
 
@@ -694,18 +697,35 @@ def erase(tenant: str, subject: str, **options: Any) -> None:
 
 @main.command("purge")
 @click.option("--tenant", default=None, help="Only this tenant (default: every tenant).")
-@settings_options(*_STATE_FIELDS, "ledger_key_file")
+@settings_options(*_STATE_FIELDS, "ledger_key_file", "files_key_file")
 def purge(tenant: str | None, **options: Any) -> None:
-    """Apply retention now: erase stored text older than each tenant's retention period."""
+    """Apply retention now: stored text, files and OCR jobs past each tenant's period.
+
+    Expired files (``expires_after``) of every tenant are deleted too.
+    """
     try:
         store = _tenants(dict(options))
         ledger = _ledger(options)
         done = run_retention(store, ledger, actor=_actor(), tenant=tenant)
+        documents = _purge_documents(options, store, ledger, tenant)
     except IntramurosError as exc:
         _fail(exc)
         return
     for name, count in done.items():
         click.echo(f"{name}: purged {count} record(s)")
+    for name, gone in documents.items():
+        click.echo(f"{name}: deleted {len(gone.files)} file(s), {len(gone.jobs)} OCR job(s)")
+
+
+def _purge_documents(
+    options: dict[str, Any], tenants: Tenants, ledger: Ledger, tenant: str | None
+) -> dict[str, Purged]:
+    from intramuros.docai.retention import purge_documents
+    from intramuros.files.store import FileStore
+
+    settings = _settings(options)
+    files = FileStore.from_settings(settings, ledger.db)
+    return purge_documents(tenants, files, ledger, actor=_actor(), tenant=tenant)
 
 
 # --------------------------------------------------------------------------

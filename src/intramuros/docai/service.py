@@ -10,6 +10,7 @@ at most ``docai_concurrency`` documents at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from intramuros.docai import protocol as dp
 from intramuros.docai.extract import annotation_schema, extract
 from intramuros.docai.jobs import JobRunner
 from intramuros.docai.pipeline import DocumentResult, OcrEngine
+from intramuros.docai.retention import purge_documents
 from intramuros.docai.sources import (
     decode_data_url,
     document_source,
@@ -73,6 +75,7 @@ class DocaiService:
         self._store: FileStore | None = None
         self._slots = asyncio.Semaphore(self.settings.docai_concurrency)
         self.jobs = JobRunner(self)
+        self._purger: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the file store (creating its key on first use) and the job runner."""
@@ -83,10 +86,27 @@ class DocaiService:
                         "--files-key-file or a ledger key for protection at rest",
                         self.settings.data_dir / "files.key")  # fmt: skip
         await self.jobs.start()
+        self._purger = asyncio.create_task(self._purge_loop())
 
     async def close(self) -> None:
-        """Stop the job runner (running jobs resume at the next start)."""
+        """Stop the purge schedule and the job runner (running jobs resume at the next start)."""
+        if self._purger is not None:
+            self._purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purger
         await self.jobs.close()
+
+    async def _purge_loop(self) -> None:
+        """Delete expired files, and files and jobs past retention, on the core's schedule."""
+        while True:
+            try:
+                await asyncio.to_thread(purge_documents, self.core.tenants, self.files,
+                                        self.core.ledger, actor="retention-schedule")  # fmt: skip
+            except IntramurosError as exc:
+                log.error("document purge failed: %s", exc.message)
+            except Exception:  # a database hiccup must not end the schedule for good
+                log.exception("document purge failed")
+            await asyncio.sleep(self.settings.purge_interval_seconds)
 
     @property
     def files(self) -> FileStore:
@@ -99,9 +119,13 @@ class DocaiService:
 
     async def upload(
         self, who: Principal, *, filename: str | None, content_type: str | None, data: bytes,
-        purpose: str,
+        purpose: str, expires_after: int | None = None,
     ) -> dp.FileObject:  # fmt: skip
-        """Store an uploaded file for the caller's tenant (and ledger the upload)."""
+        """Store an uploaded file for the caller's tenant (and ledger the upload).
+
+        ``expires_after`` (seconds from now): the file expires then, and the
+        retention schedule deletes it (see :mod:`intramuros.docai.retention`).
+        """
         if purpose not in dp.PURPOSES:
             raise InvalidRequest(f"Unknown purpose '{purpose[:64]}'; use one of "
                                  f"{', '.join(dp.PURPOSES)}.", param="purpose")  # fmt: skip
@@ -111,7 +135,7 @@ class DocaiService:
         mime = sniff_mime(data) or clean_mime(content_type) or "application/octet-stream"
         record = await asyncio.to_thread(
             self.files.put, who.tenant, data, filename=safe_filename(filename),
-            purpose=purpose, mime_type=mime, key_id=who.key_id,
+            purpose=purpose, mime_type=mime, key_id=who.key_id, expires_after=expires_after,
         )  # fmt: skip
         await asyncio.to_thread(self._audit, who, "file_upload", record)
         return dp.FileObject.model_validate(record.to_wire())

@@ -9,26 +9,38 @@ job, one per input file, with each item's result encrypted like a file.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from intramuros.store.db import metadata
 
+
+def _files_v7_columns() -> list[sa.Column[Any]]:
+    """The ``files`` columns as migration 7 created them."""
+    return [
+        sa.Column("id", sa.String(40), primary_key=True),
+        sa.Column("tenant", sa.String(64), nullable=False),
+        sa.Column("key_id", sa.String(32), nullable=True),
+        sa.Column("filename", sa.String(255), nullable=False),
+        sa.Column("purpose", sa.String(32), nullable=False),
+        sa.Column("bytes", sa.BigInteger, nullable=False),
+        sa.Column("sha256", sa.String(64), nullable=False),
+        sa.Column("mime_type", sa.String(100), nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("key_version", sa.String(50), nullable=False),
+    ]
+
+
 files = sa.Table(
     "files",
     metadata,
-    sa.Column("id", sa.String(40), primary_key=True),
-    sa.Column("tenant", sa.String(64), nullable=False),
-    sa.Column("key_id", sa.String(32), nullable=True),
-    sa.Column("filename", sa.String(255), nullable=False),
-    sa.Column("purpose", sa.String(32), nullable=False),
-    sa.Column("bytes", sa.BigInteger, nullable=False),
-    sa.Column("sha256", sa.String(64), nullable=False),
-    sa.Column("mime_type", sa.String(100), nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("key_version", sa.String(50), nullable=False),
+    *_files_v7_columns(),
+    # Added by migration 9: when the file expires (OpenAI's expires_after), else NULL.
+    sa.Column("expires_at", sa.Float, nullable=True),
     sa.Index("ix_files_tenant_created", "tenant", "created_at"),
+    sa.Index("ix_files_expires", "expires_at"),
 )
 
 docai_jobs = sa.Table(
@@ -74,10 +86,22 @@ def _create_tables(conn: Connection) -> None:
     # A private copy, as the store's own steps do: a later step that alters these
     # tables must not change what this one created.
     frozen = sa.MetaData()
-    for table in (files, docai_jobs, docai_job_items):
+    sa.Table("files", frozen, *_files_v7_columns(),
+             sa.Index("ix_files_tenant_created", "tenant", "created_at")).create(conn)  # fmt: skip
+    for table in (docai_jobs, docai_job_items):
         table.to_metadata(frozen).create(conn)
 
 
 def migration_steps() -> list[tuple[str, Callable[[Connection], None]]]:
-    """(name, apply) pairs run in order by the database's migration for this area."""
+    """(name, apply) pairs run in order by the database's migration for this area (7)."""
     return [("files, OCR jobs and their items", _create_tables)]
+
+
+def expiry_steps() -> list[tuple[str, Callable[[Connection], None]]]:
+    """Migration 9: files may expire (a column and its index)."""
+
+    def add_expiry(conn: Connection) -> None:
+        conn.execute(sa.text("ALTER TABLE files ADD COLUMN expires_at FLOAT"))
+        conn.execute(sa.text("CREATE INDEX ix_files_expires ON files (expires_at)"))
+
+    return [("files expire", add_expiry)]

@@ -60,6 +60,7 @@ class FileRecord:
     mime_type: str
     created_at: float
     key_id: str | None = None
+    expires_at: float | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """OpenAI's FileObject (plus Mistral's ``source``/``mimetype`` and our ``sha256``)."""
@@ -67,7 +68,8 @@ class FileRecord:
             "id": self.id, "object": "file", "bytes": self.bytes,
             "created_at": int(self.created_at), "filename": self.filename,
             "purpose": self.purpose, "status": "processed", "status_details": None,
-            "expires_at": None, "sha256": self.sha256, "mimetype": self.mime_type,
+            "expires_at": None if self.expires_at is None else int(self.expires_at),
+            "sha256": self.sha256, "mimetype": self.mime_type,
             "source": "upload", "num_lines": None, "deleted": False,
             "sample_type": _SAMPLE_TYPES.get(self.purpose, "document"),
         }  # fmt: skip
@@ -162,18 +164,25 @@ class FileStore:
         purpose: str,
         mime_type: str,
         key_id: str | None = None,
+        expires_after: float | None = None,
     ) -> FileRecord:
-        """Store ``data`` for ``tenant``; the file is on disk before its row exists."""
+        """Store ``data`` for ``tenant``; the file is on disk before its row exists.
+
+        ``expires_after`` (seconds): the file is gone for clients from then on,
+        and :meth:`purge` deletes it.
+        """
         if len(data) > self.max_bytes:
             raise FileTooLarge(
                 f"The file is {len(data)} bytes; the limit is {self.max_bytes} bytes.",
                 param="file",
             )
         file_id = "file-" + secrets.token_hex(12)
+        now = time.time()
         record = FileRecord(
             id=file_id, tenant=tenant, filename=filename, purpose=purpose, bytes=len(data),
             sha256=hashlib.sha256(data).hexdigest(), mime_type=mime_type,
-            created_at=time.time(), key_id=key_id,
+            created_at=now, key_id=key_id,
+            expires_at=None if expires_after is None else now + expires_after,
         )  # fmt: skip
         version, nonce, ciphertext = self.keys.seal(data, file_aad(file_id, tenant))
         path = self._path(tenant, file_id)
@@ -184,6 +193,7 @@ class FileStore:
                     id=file_id, tenant=tenant, key_id=key_id, filename=filename,
                     purpose=purpose, bytes=record.bytes, sha256=record.sha256,
                     mime_type=mime_type, created_at=record.created_at, key_version=version,
+                    expires_at=record.expires_at,
                 ))  # fmt: skip
         except BaseException:
             with contextlib.suppress(OSError):
@@ -197,7 +207,7 @@ class FileStore:
             raise FileNotFound(file_id, param=param)
         with self.db.begin() as conn:
             row = conn.execute(
-                sa.select(files).where(files.c.id == file_id, files.c.tenant == tenant)
+                sa.select(files).where(files.c.id == file_id, files.c.tenant == tenant, _live())
             ).mappings().first()  # fmt: skip
         if row is None:
             raise FileNotFound(file_id, param=param)
@@ -236,7 +246,7 @@ class FileStore:
         offset: int = 0,
     ) -> tuple[list[FileRecord], bool]:
         """``tenant``'s files, newest first by default, and whether more follow."""
-        query = sa.select(files).where(files.c.tenant == tenant)
+        query = sa.select(files).where(files.c.tenant == tenant, _live())
         if purpose is not None:
             query = query.where(files.c.purpose == purpose)
         if after is not None:
@@ -254,7 +264,8 @@ class FileStore:
 
     def count(self, tenant: str, purpose: str | None = None) -> int:
         """How many files ``tenant`` has (of ``purpose``)."""
-        query = sa.select(sa.func.count()).select_from(files).where(files.c.tenant == tenant)
+        query = sa.select(sa.func.count()).select_from(files).where(files.c.tenant == tenant,
+                                                                    _live())  # fmt: skip
         if purpose is not None:
             query = query.where(files.c.purpose == purpose)
         with self.db.begin() as conn:
@@ -273,12 +284,48 @@ class FileStore:
             self._path(tenant, file_id).unlink()
         return record
 
+    def purge(
+        self, *, tenant: str | None = None, created_before: float | None = None,
+        now: float | None = None,
+    ) -> dict[str, list[str]]:  # fmt: skip
+        """Delete expired files and, with ``created_before``, ``tenant``'s older ones.
+
+        Rows go first (clients stop seeing the files), then the ciphertexts.
+        Returns the ids removed, by tenant. ``created_before`` needs ``tenant``:
+        retention is a per-tenant policy.
+        """
+        if created_before is not None and tenant is None:
+            raise ValueError("created_before applies to one tenant")
+        moment = time.time() if now is None else now
+        due = sa.and_(files.c.expires_at.is_not(None), files.c.expires_at <= moment)
+        if created_before is not None:
+            due = sa.or_(due, files.c.created_at < created_before)
+        if tenant is not None:
+            due = sa.and_(files.c.tenant == tenant, due)
+        removed: dict[str, list[str]] = {}
+        with self.db.begin() as conn:
+            rows = list(conn.execute(sa.select(files.c.id, files.c.tenant).where(due)))
+            ids = [r.id for r in rows]
+            for start in range(0, len(ids), 500):
+                conn.execute(files.delete().where(files.c.id.in_(ids[start:start + 500])))
+        for row in rows:
+            removed.setdefault(row.tenant, []).append(row.id)
+            with contextlib.suppress(FileNotFoundError):
+                self._path(row.tenant, row.id).unlink()
+        return removed
+
+
+def _live() -> sa.ColumnElement[bool]:
+    """Files not expired at this moment (an expired file is gone before it is purged)."""
+    return sa.or_(files.c.expires_at.is_(None), files.c.expires_at > time.time())
+
 
 def _record(row: Any) -> FileRecord:
     return FileRecord(
         id=row["id"], tenant=row["tenant"], filename=row["filename"], purpose=row["purpose"],
         bytes=int(row["bytes"]), sha256=row["sha256"], mime_type=row["mime_type"],
         created_at=float(row["created_at"]), key_id=row["key_id"],
+        expires_at=None if row["expires_at"] is None else float(row["expires_at"]),
     )  # fmt: skip
 
 

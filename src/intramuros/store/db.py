@@ -179,13 +179,13 @@ def _ledger_step(conn: Connection) -> None:
         apply(conn)
 
 
-def _area_step(module: str) -> Callable[[Connection], None]:
+def _area_step(module: str, steps: str = "migration_steps") -> Callable[[Connection], None]:
     """A step owned by one area's ``tables`` module (``migration_steps()``), imported late."""
 
     def step(conn: Connection) -> None:
         import importlib
 
-        for _name, apply in importlib.import_module(module).migration_steps():
+        for _name, apply in getattr(importlib.import_module(module), steps)():
             apply(conn)
 
     return step
@@ -204,6 +204,7 @@ MIGRATIONS: list[Migration] = [
     Migration(6, "metering: energy, cost, CO2", _area_step("intramuros.meter.tables")),
     Migration(7, "files and document jobs", _area_step("intramuros.docai.tables")),
     Migration(8, "kyc lists, customers, cases", _area_step("intramuros.kyc.tables")),
+    Migration(9, "files expire", _area_step("intramuros.docai.tables", "expiry_steps")),
 ]
 
 

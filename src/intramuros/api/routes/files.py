@@ -23,9 +23,12 @@ from intramuros.gate.tenants import Principal
 router = APIRouter(prefix="/v1")
 Caller = Depends(principal)
 
-# Fields OpenAI's and Mistral's clients may send besides file and purpose; accepted,
-# not applied (files do not expire here; visibility is always the tenant).
-_OPTIONAL_FIELDS = {"expires_after[anchor]", "expires_after[seconds]", "expiry", "visibility"}
+# Fields OpenAI's and Mistral's clients may send besides file and purpose. Mistral's
+# expiry and visibility are accepted, not applied (visibility is always the tenant).
+_EXPIRY_FIELDS = ("expires_after[anchor]", "expires_after[seconds]")
+_OPTIONAL_FIELDS = {*_EXPIRY_FIELDS, "expiry", "visibility"}
+# OpenAI's bounds for expires_after.seconds: one hour to thirty days.
+EXPIRY_RANGE = (3600, 2_592_000)
 _UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -34,10 +37,31 @@ _UPLOAD_BODY: dict[str, Any] = {
             "properties": {
                 "file": {"type": "string", "format": "binary"},
                 "purpose": {"type": "string", "enum": list(dp.PURPOSES)},
+                "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+                "expires_after[seconds]": {"type": "integer", "minimum": EXPIRY_RANGE[0],
+                                           "maximum": EXPIRY_RANGE[1]},
             },
         }}},
     }
 }  # fmt: skip
+
+
+def _expiry(form: Any) -> int | None:
+    """``expires_after`` from the form (OpenAI's anchor and seconds), checked."""
+    anchor, seconds = (form.get(name) for name in _EXPIRY_FIELDS)
+    if anchor is None and seconds is None:
+        return None
+    if seconds is None:
+        raise BadUpload("expires_after needs 'seconds'.", param="expires_after[seconds]")
+    if anchor is not None and anchor != "created_at":
+        raise BadUpload("expires_after's anchor must be 'created_at'.",
+                        param="expires_after[anchor]")  # fmt: skip
+    low, high = EXPIRY_RANGE
+    text = seconds.strip() if isinstance(seconds, str) else ""
+    if not (text.isascii() and text.isdigit() and low <= int(text) <= high):
+        raise BadUpload(f"expires_after's seconds must be a whole number from {low} to {high}.",
+                        param="expires_after[seconds]")  # fmt: skip
+    return int(text)
 
 
 def _service(request: Request) -> DocaiService:
@@ -71,11 +95,13 @@ async def upload_file(request: Request, who: Principal = Caller) -> dp.FileObjec
             raise BadUpload("Missing required parameter: 'purpose'.", param="purpose")
         if not isinstance(purpose, str):
             raise BadUpload("'purpose' must be a text field.", param="purpose")
+        expires_after = _expiry(form)
         service = _service(request)
         data = await upload.read(service.settings.files_max_bytes + 1)
         return await service.upload(who, filename=upload.filename,
                                     content_type=upload.content_type, data=data,
-                                    purpose=purpose.strip())  # fmt: skip
+                                    purpose=purpose.strip(),
+                                    expires_after=expires_after)  # fmt: skip
     finally:
         await form.close()
 
