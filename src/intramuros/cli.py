@@ -112,6 +112,7 @@ def serve(**options: Any) -> None:
     import uvicorn
 
     from intramuros.api.app import create_app
+    from intramuros.api.server import AppServer
 
     try:
         settings = _settings(options)
@@ -140,8 +141,15 @@ def serve(**options: Any) -> None:
         err=True,
     )
     # loop="asyncio": uvloop would resolve and connect in C, past the egress guard.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=5, loop="asyncio")  # fmt: skip
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="off",
+                            log_level=settings.log_level, timeout_graceful_shutdown=5,
+                            loop="asyncio")  # fmt: skip
+    try:
+        AppServer(config, app).run()
+    except KeyboardInterrupt:
+        pass
+    except IntramurosError as exc:
+        _fail(exc)
 
 
 # --------------------------------------------------------------------------

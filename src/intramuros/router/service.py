@@ -34,7 +34,6 @@ from intramuros.catalog.records import Capability, ModelRecord
 from intramuros.engines.base import Engine
 from intramuros.errors import (
     ClientError,
-    ConfigError,
     ContextLengthExceeded,
     IntramurosError,
     ModelCapabilityError,
@@ -152,11 +151,8 @@ class RouterService:
     async def start(self) -> None:
         """Check the routes against the catalogue (after the core service started)."""
         records = await asyncio.to_thread(self.core.catalog.records)
-        try:
-            check_against_catalog(self.routes, [r.name for r in records])
-        except ConfigError as exc:
-            log.error("%s", exc.message)  # one clear line before the server's traceback
-            raise
+        # A ConfigError here ends `intramuros serve` with one error line (api/server.py).
+        check_against_catalog(self.routes, [r.name for r in records])
 
     def is_route(self, model: str) -> bool:
         """True when a request's ``model`` names a route (``auto`` always does)."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from intramuros.kyc.errors import MalformedList
 from intramuros.kyc.model import Entity
 
 
@@ -65,6 +67,20 @@ def read_text(path: Path, result: ImportResult) -> str:
         text = raw.decode("cp1252", errors="replace")
     # OFAC ends its files with a DOS end-of-file mark (Ctrl-Z)
     return text.rstrip("\x1a")
+
+
+def read_xml(path: Path, result: ImportResult) -> tuple[str, ET.Element]:
+    """An XML list file's text and root element (hashed like any list file); DTDs refused."""
+    text = read_text(path, result)
+    if "<!ENTITY" in text or "<!DOCTYPE" in text:
+        # a list never needs a DTD; refusing it rules out entity-expansion attacks
+        raise MalformedList(f"{path.name}: DTDs are not accepted in list files.", param="path")
+    try:
+        return text, ET.fromstring(text)
+    except ET.ParseError as exc:
+        line = exc.position[0] if exc.position else 0
+        raise MalformedList(f"{path.name}:{line}: not well-formed XML ({exc})",
+                            param="path") from None  # fmt: skip
 
 
 def clean(value: str | None) -> str | None:

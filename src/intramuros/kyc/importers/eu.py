@@ -28,7 +28,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from intramuros.kyc.errors import MalformedList
-from intramuros.kyc.importers.base import ImportResult, RowError, read_text
+from intramuros.kyc.importers.base import ImportResult, RowError, read_xml
 from intramuros.kyc.model import Entity, Identifier, add_name, add_unique, is_iso_date
 from intramuros.kyc.normalize import country_code
 
@@ -54,15 +54,7 @@ def _country(node: ET.Element) -> str | None:
 def parse(path: Path, list_name: str) -> ImportResult:
     """Read an EU FSF consolidated XML file."""
     result = ImportResult()
-    text = read_text(path, result)
-    if "<!ENTITY" in text or "<!DOCTYPE" in text:
-        raise MalformedList(f"{path.name}: DTDs are not accepted in list files.", param="path")
-    try:
-        root = ET.fromstring(text)
-    except ET.ParseError as exc:
-        line = exc.position[0] if exc.position else 0
-        raise MalformedList(f"{path.name}:{line}: not well-formed XML ({exc})",
-                            param="path") from None
+    text, root = read_xml(path, result)
     if _local(root.tag) != "export":
         raise MalformedList(f"{path.name}: root element is {_local(root.tag)}, not export.",
                             param="format")  # fmt: skip

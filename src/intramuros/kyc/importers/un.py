@@ -19,7 +19,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from intramuros.kyc.errors import MalformedList
-from intramuros.kyc.importers.base import ImportResult, RowError, read_text
+from intramuros.kyc.importers.base import ImportResult, RowError, read_xml
 from intramuros.kyc.model import Entity, Identifier, add_name, add_unique, is_iso_date
 from intramuros.kyc.normalize import country_code, parse_dates
 
@@ -39,16 +39,7 @@ def _text(node: ET.Element | None, tag: str) -> str | None:
 def parse(path: Path, list_name: str) -> ImportResult:
     """Read a UN consolidated list XML file."""
     result = ImportResult()
-    text = read_text(path, result)
-    if "<!ENTITY" in text or "<!DOCTYPE" in text:
-        # a list never needs a DTD; refusing it rules out entity-expansion attacks
-        raise MalformedList(f"{path.name}: DTDs are not accepted in list files.", param="path")
-    try:
-        root = ET.fromstring(text)
-    except ET.ParseError as exc:
-        line = exc.position[0] if exc.position else 0
-        raise MalformedList(f"{path.name}:{line}: not well-formed XML ({exc})",
-                            param="path") from None
+    text, root = read_xml(path, result)
     if root.tag != "CONSOLIDATED_LIST":
         raise MalformedList(f"{path.name}: root element is {root.tag}, not CONSOLIDATED_LIST.",
                             param="format")  # fmt: skip
