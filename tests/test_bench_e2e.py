@@ -156,6 +156,7 @@ def test_bench_starts_and_stops_its_own_server(suite_file: Path, tmp_path: Path)
     assert r.returncode == 0, r.stderr
     doc = json.loads((out / "bench.json").read_text())
     assert doc["server"]["private"] is True and len(doc["items"]) == 2
+    assert doc["server"]["url"].startswith("http://127.0.0.1:")  # its own server, on loopback
     assert all(i["usage"]["energy_joules"] > 0 for i in doc["items"])
     with pytest.raises(httpx.TransportError):  # stopped when the run ended
         httpx.get(doc["server"]["url"] + "/healthz", timeout=2)

@@ -20,12 +20,10 @@ through an in-process gate (metered and ledgered under ``--tenant``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import multiprocessing
 import os
-import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -36,6 +34,7 @@ from typing import Any
 
 from intramuros.docai.pipeline import DocumentResult, OcrEngine
 from intramuros.errors import IntramurosError
+from intramuros.fsutil import write_atomic
 
 SUPPORTED = frozenset({".pdf", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif",
                        ".webp"})  # fmt: skip
@@ -106,19 +105,9 @@ def is_done(json_path: Path, source: Path) -> bool:
     return bool(recorded.get("size") == st.st_size and recorded.get("mtime_ns") == st.st_mtime_ns)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` via a temporary file in the same directory, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+def _write_output(path: Path, text: str) -> None:
+    """An output file, all or nothing (a killed run leaves no half-written output)."""
+    write_atomic(path, text.encode("utf-8"), mode=0o666, dir_mode=0o777)
 
 
 def page_markdown(result: DocumentResult) -> str:
@@ -237,8 +226,8 @@ async def run_batch(
                 fail(rel, exc.code, exc.message)
                 return
         md_path, json_path = output_paths(out_dir, rel)
-        write_atomic(md_path, page_markdown(result))
-        write_atomic(json_path, json.dumps(doc, ensure_ascii=False, indent=1))
+        _write_output(md_path, page_markdown(result))
+        _write_output(json_path, json.dumps(doc, ensure_ascii=False, indent=1))
         summary.done += 1
         summary.pages += len(result.pages)
 

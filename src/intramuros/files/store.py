@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
 import secrets
 import time
@@ -33,6 +32,7 @@ import sqlalchemy as sa
 from intramuros.docai.tables import files
 from intramuros.errors import ConfigError
 from intramuros.files.errors import FileNotFound, FileStoreError, FileTooLarge
+from intramuros.fsutil import write_atomic
 from intramuros.ledger.chain import canonical_json
 from intramuros.ledger.crypto import LedgerKeyError, LedgerKeys, generate_key_file
 from intramuros.settings import Settings
@@ -186,7 +186,7 @@ class FileStore:
         )  # fmt: skip
         version, nonce, ciphertext = self.keys.seal(data, file_aad(file_id, tenant))
         path = self._path(tenant, file_id)
-        _write_atomic(path, _MAGIC + nonce + ciphertext)
+        write_atomic(path, _MAGIC + nonce + ciphertext)
         try:
             with self.db.begin() as conn:
                 conn.execute(files.insert().values(
@@ -327,19 +327,3 @@ def _record(row: Any) -> FileRecord:
         created_at=float(row["created_at"]), key_id=row["key_id"],
         expires_at=None if row["expires_at"] is None else float(row["expires_at"]),
     )  # fmt: skip
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename (all or nothing)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import json
@@ -43,6 +42,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from intramuros.errors import ConfigError, ServerError
+from intramuros.fsutil import write_atomic
 from intramuros.ledger.chain import canonical_json
 
 KEY_FILE_FORMAT = "intramuros-ledger-keys/1"
@@ -292,26 +292,12 @@ def _parse_key_file(text: str, path: Path) -> dict[str, Any]:
 
 
 def _write_private(path: Path, doc: dict[str, Any], *, exclusive: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    # Created 0600 from the first byte (os.open's mode, not a later chmod), so
-    # the key is never readable by others, not even for an instant.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if exclusive:
-            os.link(tmp, path)  # fails if the file appeared meanwhile: never clobber keys
-        else:
-            os.replace(tmp, path)
+        # 0600 from the first byte; exclusive: never clobber keys.
+        write_atomic(path, data, mode=0o600, exclusive=exclusive)
     except FileExistsError:
         raise ConfigError(f"The ledger key file {path} already exists.") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
     _fsync_dir(path.parent)
 
 
