@@ -10,7 +10,6 @@ at most ``docai_concurrency`` documents at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -75,7 +74,7 @@ class DocaiService:
         self._store: FileStore | None = None
         self._slots = asyncio.Semaphore(self.settings.docai_concurrency)
         self.jobs = JobRunner(self)
-        self._purger: asyncio.Task[None] | None = None
+        core.purge_hooks.append(self.purge)
 
     async def start(self) -> None:
         """Open the file store (creating its key on first use) and the job runner."""
@@ -86,27 +85,14 @@ class DocaiService:
                         "--files-key-file or a ledger key for protection at rest",
                         self.settings.data_dir / "files.key")  # fmt: skip
         await self.jobs.start()
-        self._purger = asyncio.create_task(self._purge_loop())
 
     async def close(self) -> None:
-        """Stop the purge schedule and the job runner (running jobs resume at the next start)."""
-        if self._purger is not None:
-            self._purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._purger
+        """Stop the job runner (running jobs resume at the next start)."""
         await self.jobs.close()
 
-    async def _purge_loop(self) -> None:
-        """Delete expired files, and files and jobs past retention, on the core's schedule."""
-        while True:
-            try:
-                await asyncio.to_thread(purge_documents, self.core.tenants, self.files,
-                                        self.core.ledger, actor="retention-schedule")  # fmt: skip
-            except IntramurosError as exc:
-                log.error("document purge failed: %s", exc.message)
-            except Exception:  # a database hiccup must not end the schedule for good
-                log.exception("document purge failed")
-            await asyncio.sleep(self.settings.purge_interval_seconds)
+    def purge(self, actor: str) -> None:
+        """Delete expired files, and files and jobs past retention (the core's purge hook)."""
+        purge_documents(self.core.tenants, self.files, self.core.ledger, actor=actor)
 
     @property
     def files(self) -> FileStore:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import secrets
 import time
@@ -104,6 +105,9 @@ class InferenceService:
         self.prices = settings.price_model()
         self.ready = False
         self.preload_error: str | None = None
+        # Workloads' own purges (e.g. documents past retention), run on the same schedule
+        # right after the ledger's; each is given the actor's name.
+        self.purge_hooks: list[Callable[[str], object]] = []
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -124,15 +128,22 @@ class InferenceService:
         self._purger = asyncio.create_task(self._retention_loop())
 
     async def _retention_loop(self) -> None:
-        """Purge stored text past each tenant's retention, on a schedule."""
+        """Purge stored text past each tenant's retention, then the workloads' hooks."""
         from intramuros.gate.retention import run_retention
 
+        actor = "retention-schedule"
         while True:
-            try:
-                await asyncio.to_thread(run_retention, self.tenants, self.ledger,
-                                        actor="retention-schedule")  # fmt: skip
-            except IntramurosError as exc:
-                log.error("retention purge failed: %s", exc.message)
+            purges: list[Callable[[], object]] = [
+                functools.partial(run_retention, self.tenants, self.ledger, actor=actor),
+                *(functools.partial(hook, actor) for hook in self.purge_hooks),
+            ]
+            for purge in purges:
+                try:
+                    await asyncio.to_thread(purge)
+                except IntramurosError as exc:
+                    log.error("retention purge failed: %s", exc.message)
+                except Exception:  # a database hiccup must not end the schedule for good
+                    log.exception("retention purge failed")
             await asyncio.sleep(self.settings.purge_interval_seconds)
 
     def audit(self, who: Principal, action: str, tenant: str | None, **details: Any) -> None:
