@@ -14,9 +14,14 @@ Each line is ``{"text", "entities": [{"category", "start", "end"}], "lang",
 "kind"}``. ``kind`` is ``positive`` (one entity), ``mixed`` (several) or
 ``decoy-...`` (no entity at all: checksum-invalid look-alikes of each category,
 order and invoice numbers, dates, amounts, versions, timestamps, postcodes,
-ISBNs and other numbers), or ``hard-positive`` / ``hard-decoy`` (hand-written
-edge cases, including known misses and false alarms). Texts are in EN, FR,
-DE, IT, ES, EL and NL.
+ISBNs and other numbers), ``hard-positive`` / ``hard-decoy`` (hand-written
+edge cases, including known misses and false alarms), ``evasion`` (values
+written to slip past a detector reading code points: dashes, dots, slashes,
+double, tab, no-break or zero-width spaces, soft hyphens, full-width digits
+and letters, a line break inside) or ``decoy-separators`` (numbers written
+with those separators that are not personal data: order numbers with dashes,
+dates, versions, ISBNs, amounts, lists of numbers over several lines). Texts
+are in EN, FR, DE, IT, ES, EL and NL.
 """
 
 # Greek sentences are the point here, not look-alike letters:
@@ -1191,9 +1196,206 @@ def hard_cases() -> list[Record]:
     return records
 
 
+# --------------------------------------------------------------------------
+# Evasions: the same values written to slip past a detector that reads code points
+# --------------------------------------------------------------------------
+
+ZW, NBSP, NNBSP, SHY, WJ = "\u200b", "\u00a0", "\u202f", "\u00ad", "\u2060"
+
+
+def fullwidth(text: str, letters: bool = True) -> str:
+    """Full-width forms (U+FF01..): what NFKC folds back to ASCII."""
+    return "".join(
+        chr(ord(c) + 0xFEE0) if c.isascii() and (c.isdigit() or (letters and c.isalpha())) else c
+        for c in text
+    )
+
+
+def groups(compact: str, size: int = 4) -> list[str]:
+    return [compact[i : i + size] for i in range(0, len(compact), size)]
+
+
+def wrap(parts: list[str], sep: str, rng: Rng, newline: str = "\n") -> str:
+    """``parts`` joined by ``sep``, one separator (not the first) being a line break."""
+    k = rng.randrange(1, len(parts) - 1) if len(parts) > 2 else 1
+    return sep.join(parts[:k]) + newline + sep.join(parts[k:])
+
+
+def evade_grouped(rng: Rng, parts: list[str], style: str) -> str:
+    """A value printed in groups (``parts``), written in one evasive style."""
+    seps = {"dashes": "-", "dots": ".", "slashes": "/", "double-spaces": "  ", "tabs": "\t",
+            "nbsp": NBSP, "narrow-nbsp": NNBSP, "zero-width": ZW, "word-joiner": WJ,
+            "soft-hyphen": SHY, "nbsp-and-zero-width": NBSP + ZW}  # fmt: skip
+    if style in seps:
+        return seps[style].join(parts)
+    if style == "fullwidth-digits":
+        return " ".join(fullwidth(p, letters=False) for p in parts)
+    if style == "fullwidth":
+        return " ".join(fullwidth(p) for p in parts)
+    if style == "newline":
+        return wrap(parts, " ", rng)
+    if style == "crlf":
+        return wrap(parts, " ", rng, "\r\n")
+    if style == "dashes-newline":
+        return wrap(parts, "-", rng)
+    if style == "zero-width-everywhere":
+        return ZW.join("".join(parts))
+    raise ValueError(style)
+
+
+GROUPED_STYLES = ["dashes", "dots", "double-spaces", "nbsp", "narrow-nbsp", "zero-width",
+                  "soft-hyphen", "fullwidth-digits", "fullwidth", "newline", "crlf", "tabs",
+                  "word-joiner", "slashes", "dashes-newline", "zero-width-everywhere",
+                  "nbsp-and-zero-width"]  # fmt: skip
+
+
+def evaded_value(rng: Rng, category: str, lang: str, style: str) -> str | None:
+    """A value of ``category`` in ``style``, or None when the style does not apply."""
+    if style not in GROUPED_STYLES and category not in ("email", "ip"):
+        return None
+    if category == "iban":
+        return evade_grouped(rng, groups(gen_iban_compact(rng, lang)), style)
+    if category == "card":
+        d = gen_card_digits(rng)
+        parts = [d[:4], d[4:10], d[10:]] if len(d) in (14, 15) else groups(d)
+        if style in ("slashes", "zero-width-everywhere", "dashes-newline", "soft-hyphen"):
+            return None  # nobody writes cards so (and a bare 16-digit run is a card anyway)
+        return evade_grouped(rng, parts, style)
+    if category == "phone":
+        value, grouped = gen_phone(rng, lang)
+        parts = value.split(" ")
+        if not grouped or len(parts) < 3 or value.startswith("(") or "(" in value:
+            return None
+        if style not in ("double-spaces", "nbsp", "narrow-nbsp", "zero-width", "newline",
+                         "fullwidth-digits", "tabs", "crlf"):  # fmt: skip
+            return None
+        return evade_grouped(rng, parts, style)
+    if category == "fr_nir":
+        value = gen_nir(rng, lang)
+        if " " not in value or style not in ("dots", "nbsp", "zero-width", "fullwidth-digits",
+                                             "newline", "dashes"):  # fmt: skip
+            return None
+        return evade_grouped(rng, value.split(" "), style)
+    if category == "de_steuer_id":
+        compact = gen_steuer_id(rng, lang).replace(" ", "")
+        parts = [compact[:2], compact[2:5], compact[5:8], compact[8:]]
+        if style not in ("dashes", "dots", "nbsp", "zero-width", "fullwidth-digits",
+                         "slashes"):  # fmt: skip
+            return None
+        return evade_grouped(rng, parts, style)
+    if category in ("gr_afm", "nl_bsn", "it_codice_fiscale", "es_dni_nie"):
+        value = GENERATORS[category](rng, lang).replace(".", "")
+        if style == "fullwidth":
+            return fullwidth(value)
+        if style == "zero-width-everywhere":
+            return ZW.join(value)
+        if style == "soft-hyphen":
+            return SHY.join([value[:4], value[4:]])
+        return None
+    if category == "email":
+        value = gen_email(rng, lang)
+        local, _, domain = value.partition("@")
+        forms = {"fullwidth": fullwidth(value), "zero-width": f"{local}{ZW}@{ZW}{domain}",
+                 "soft-hyphen": value.replace(".", SHY + "."),
+                 "fullwidth-at": f"{local}\uff20{domain}",
+                 "word-joiner": f"{local}{WJ}@{domain}"}  # fmt: skip
+        return forms.get(style)
+    if category == "ip":
+        value = gen_ip(rng, lang)
+        if "." not in value:
+            return None
+        forms = {"fullwidth": fullwidth(value).replace(".", "\uff0e"),
+                 "fullwidth-digits": fullwidth(value, letters=False),
+                 "zero-width": value.replace(".", ZW + ".")}  # fmt: skip
+        return forms.get(style)
+    return None
+
+
+EVASIONS_PER_CATEGORY = 14
+
+
+def evasions(rng: Rng) -> list[Record]:
+    """Each category in the evasive spellings a reader (or a model) still reads."""
+    records: list[Record] = []
+    styles = [*GROUPED_STYLES, "fullwidth-at"]
+    for category in CATEGORIES:
+        made = 0
+        tries = 0
+        while made < EVASIONS_PER_CATEGORY and tries < 400:
+            tries += 1
+            lang = LANGS[tries % len(LANGS)]
+            style = styles[tries % len(styles)]
+            value = evaded_value(rng, category, lang, style)
+            if value is None:
+                continue
+            template = rng.choice(LABELLED[lang])
+            label = rng.choice(LABELS[category][lang])
+            text, entities = fill(template, {"label": (label, None), "v": (value, category)})
+            records.append({"text": text, "entities": entities, "lang": lang, "kind": "evasion"})
+            made += 1
+    return records
+
+
+def _not_a_card(rng: Rng, n: int) -> str:
+    while True:
+        d = str(rng.randint(1, 9)) + digits(rng, n - 1)
+        if int(luhn_digit(d[:-1])) != int(d[-1]):
+            return d
+
+
+def separator_decoys(rng: Rng) -> list[Record]:
+    """Numbers written with the separators identifiers may now have, that are not personal."""
+    d = _not_a_card(rng, 16)
+    iban = gen_iban_compact(rng, "fr")
+    bad_iban = iban[:2] + f"{(int(iban[2:4]) + 1) % 97 + 2:02d}" + iban[4:]
+    items: list[tuple[str, str]] = [
+        ("en", f"Order {'-'.join(groups(d))} has shipped."),
+        ("en", f"Tracking {'.'.join(groups(_not_a_card(rng, 16)))} (DHL)."),
+        ("de", f"Bestellung {digits(rng, 3)}-{digits(rng, 7)}-{digits(rng, 7)} versandt."),
+        ("fr", f"Commande n° {digits(rng, 4)}-{digits(rng, 3)}-{digits(rng, 3)} expédiée."),
+        ("en", f"Meeting on {rng.randint(2020, 2030)}-{rng.randint(1, 12):02d}-"
+               f"{rng.randint(1, 28):02d} at {rng.randint(8, 18)}:00."),
+        ("de", f"Termin am {rng.randint(1, 28):02d}.{rng.randint(1, 12):02d}."
+               f"{rng.randint(2020, 2030)} um {rng.randint(8, 18)}.30 Uhr."),
+        ("fr", f"Du {rng.randint(1, 28):02d}/{rng.randint(1, 12):02d}/2025 au "
+               f"{rng.randint(1, 28):02d}/{rng.randint(1, 12):02d}/2025."),
+        ("en", f"Upgrade to {rng.randint(1, 20)}.{rng.randint(0, 9)}.{rng.randint(0, 99)}."
+               f"{rng.randint(100, 9999)} now."),
+        ("en", "ISBN 978-3-16-148410-0 and 978-0-306-40615-7 in stock."),
+        ("it", f"Importo: {rng.randint(1, 999)}.{digits(rng, 3)}.{digits(rng, 3)},00 EUR."),
+        ("es", f"Total {rng.randint(1, 99)} {digits(rng, 3)} {digits(rng, 3)} euros."),
+        ("fr", f"Compte {'-'.join(groups(bad_iban))} refusé (clé fausse)."),
+        ("en", f"IBAN {' '.join(groups(bad_iban))} is invalid."),
+        ("en", "Scores:\n" + "\n".join(digits(rng, 2) for _ in range(6))),
+        ("de", "Zimmer\n" + "\n".join(digits(rng, 4) for _ in range(4))),
+        ("en", f"Row 1: {digits(rng, 2)} {digits(rng, 2)}\nRow 2: {digits(rng, 2)} "
+               f"{digits(rng, 2)}\nRow 3: {digits(rng, 2)} {digits(rng, 2)}"),
+        ("nl", f"Pagina {rng.randint(1, 99)} van {rng.randint(100, 300)}, "
+               f"sectie {rng.randint(1, 9)}.{rng.randint(1, 9)}.{rng.randint(1, 9)}."),
+        ("en", f"Open Mo-Fr 08:30-12:00 and 14:00-18:00, room {digits(rng, 3)}."),
+        ("en", f"uuid {secret_hex(rng, 8)}-{secret_hex(rng, 4)}-{secret_hex(rng, 4)}-"
+               f"{secret_hex(rng, 4)}-{secret_hex(rng, 12)}"),
+        ("el", f"Παραγγελία {digits(rng, 4)}-{digits(rng, 4)}-{digits(rng, 4)} εστάλη."),
+        ("en", f"Lot {'.'.join(groups(digits(rng, 12)))} expires {rng.randint(1, 12)}/2027."),
+        ("fr", f"Ticket {digits(rng, 2)}\u00a0{digits(rng, 3)}\u00a0{digits(rng, 3)} — "
+               "valable une fois."),
+        ("de", f"Rechnung\u200b Nr. {digits(rng, 4)}-{digits(rng, 4)}"),
+        ("en", f"Build {fullwidth(digits(rng, 4), letters=False)}.{digits(rng, 2)} passed."),
+        ("en", f"Call extension {digits(rng, 3)}\nthen press {digits(rng, 1)}."),
+        ("it", f"Protocollo n. {digits(rng, 4)}/{digits(rng, 4)}/{digits(rng, 2)}"),
+    ]  # fmt: skip
+    return [{"text": t, "entities": [], "lang": lang, "kind": "decoy-separators"}
+            for lang, t in items]  # fmt: skip
+
+
+def secret_hex(rng: Rng, n: int) -> str:
+    return "".join(rng.choice("0123456789abcdef") for _ in range(n))
+
+
 def build() -> list[Record]:
     rng = random.Random(SEED)
-    return positives(rng) + mixed(rng) + decoys(rng) + hard_cases()
+    records = positives(rng) + mixed(rng) + decoys(rng) + hard_cases()
+    return records + evasions(rng) + separator_decoys(rng)
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/pii.py [--record] [--testset benchmarks/pii_testset.jsonl]
+    python benchmarks/pii.py [--record] [--testset benchmarks/pii_testset.jsonl] [--src DIR]
 
 Runs ``intramuros.gate.pii.detect`` over the labelled set made by
 ``make_pii_testset.py``. A finding counts as a true positive only when its
@@ -10,8 +10,12 @@ category, start and end all equal a labelled entity's; any other finding is a
 false positive of its category, any labelled entity not found a false negative
 of its own. Throughput is the test set's size (UTF-8 kB) over the time
 ``detect`` takes on it (best of several passes), plus the time for one 10 kB
-text. With ``--record`` the table is appended, with a description of the
-machine and the date, to ``benchmarks/RESULTS.md``.
+text. A speed table follows: ordinary and dense text, a megabyte of it, and
+the inputs that once made the server freeze (many distinct addresses to
+pseudonymise, a phone prefix followed by thousands of digit groups). With
+``--record`` the tables are appended, with a description of the machine and
+the date, to ``benchmarks/RESULTS.md``. ``--src`` scores the detector of
+another source tree (e.g. ``git archive`` of an older commit) for comparison.
 """
 
 from __future__ import annotations
@@ -26,12 +30,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTSET = ROOT / "benchmarks" / "pii_testset.jsonl"
-sys.path.insert(0, str(ROOT / "src"))
+if __name__ == "__main__" and "--src" in sys.argv:  # before intramuros is imported
+    sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--src") + 1]).resolve()))
+else:
+    sys.path.insert(0, str(ROOT / "src"))
 
 sys.path.insert(0, str(ROOT / "benchmarks"))  # also when imported by the tests
 from record import append_result  # noqa: E402
 
-from intramuros.gate.pii import CATEGORIES, detect  # noqa: E402
+from intramuros.gate.pii import CATEGORIES, Pseudonymiser, detect  # noqa: E402
 
 
 @dataclass
@@ -106,11 +113,47 @@ def throughput(records: list[dict[str, Any]], passes: int = 5) -> tuple[float, f
     return size_kb / best, best_10k * 1000, size_kb
 
 
+def _best(run: Any, passes: int) -> float:
+    best = float("inf")
+    for _ in range(passes):
+        t0 = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def speed(records: list[dict[str, Any]]) -> list[tuple[str, float]]:
+    """(case, milliseconds, best of a few passes) for ordinary, dense and hostile inputs."""
+    dense = "\n".join(r["text"] for r in records)
+    prose = "Bonjour, je vous écris au sujet de la réunion du 12 mars à 10 h. "
+    prose_en = "The meeting moved to the afternoon; please bring the slides and your notes. "
+    megabyte = (dense * (1_000_000 // len(dense) + 1))[:1_000_000]
+
+    def addresses(size: int) -> str:
+        return " ".join(f"user{i}@example.com" for i in range(size // 20))
+
+    small, large = addresses(160_000), addresses(1_000_000)
+    phone_groups = "+33 " + "1 " * 5_000
+    return [
+        ("detect, 10 kB of prose (no digits)", _best(lambda: detect(prose_en * 130), 20)),
+        ("detect, 10 kB of prose (FR, dates)", _best(lambda: detect((prose * 160)[:10_000]), 20)),
+        ("detect, 10 kB of dense test set", _best(lambda: detect(dense[:10_000]), 20)),
+        ("detect, 1 MB of dense test set", _best(lambda: detect(megabyte), 2)),
+        ("pseudonymise 160 kB of distinct addresses",
+         _best(lambda: Pseudonymiser().pseudonymise(small), 2)),
+        ("pseudonymise 1 MB of distinct addresses",
+         _best(lambda: Pseudonymiser().pseudonymise(large), 1)),
+        ("detect '+33 ' then 5,000 digit groups (10 kB)", _best(lambda: detect(phone_groups), 1)),
+    ]  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--testset", type=Path, default=TESTSET)
     ap.add_argument("--record", action="store_true", help="Append the table to RESULTS.md.")
     ap.add_argument("--errors", action="store_true", help="List every false positive/negative.")
+    ap.add_argument("--src", type=Path, help="Score the detector of this source tree instead.")
+    ap.add_argument("--note", default="", help="Added to the machine line of the record.")
     args = ap.parse_args()
 
     records = load(args.testset)
@@ -145,12 +188,19 @@ def main() -> None:
         f"throughput: {kb_s:,.0f} kB/s over {size_kb:.0f} kB "
         f"(best of 5 passes); one 10 kB text: {ms_10k:.2f} ms"
     )
+    timings = Table(title="speed (best of a few passes)")
+    timings.add_column("case")
+    timings.add_column("ms", justify="right")
+    for case, seconds in speed(records):
+        timings.add_row(case, f"{seconds * 1000:,.1f}")
+    console.print(timings)
     if args.errors:
         for e in errors:
             print(e)
     if args.record:
         text = console.export_text()
-        append_result("pii.py", text)
+        note = f"; {args.note}" if args.note else ""
+        append_result("pii.py", text, note)
         print("appended to benchmarks/RESULTS.md")
 
 

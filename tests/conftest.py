@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -79,9 +80,10 @@ def start_server(
 
     Without ``auth`` the server runs with --no-auth (loopback): for tests of
     other things. With it, a tenant "acme" and two more ("globex") get keys
-    first: ``server.keys`` holds "admin", "user" and "other" (globex's user).
+    first: ``server.keys`` holds "operator" (every tenant), "admin" (acme's), "user" and
+    "other" (globex's user).
     """
-    keys = make_keys(data_dir) if auth else {}
+    keys = make_keys(data_dir, env) if auth else {}
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / f"server-{port}.log"
@@ -112,25 +114,28 @@ def start_server(
     raise RuntimeError(f"server not ready in time:\n{server.log_text()}")
 
 
-def cli(data_dir: Path, *args: str) -> str:
+def cli(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> str:
     """Run an `intramuros` command against ``data_dir``; its stdout (fails the test on error)."""
     r = subprocess.run(
         [sys.executable, "-m", "intramuros.cli", *args, "--data-dir", str(data_dir)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})},
     )  # fmt: skip
     assert r.returncode == 0, f"intramuros {' '.join(args)}: {r.stderr}"
     return r.stdout
 
 
-def make_keys(data_dir: Path) -> dict[str, str]:
-    """Tenants acme and globex, and keys: acme admin, acme user, globex user."""
+def make_keys(data_dir: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """Tenants acme and globex, and keys: acme admin, acme user, globex user, an operator."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    cli(data_dir, "tenants", "create", "acme")
-    cli(data_dir, "tenants", "create", "globex")
+    cli(data_dir, "tenants", "create", "acme", env=env)
+    cli(data_dir, "tenants", "create", "globex", env=env)
     return {
-        "admin": cli(data_dir, "keys", "create", "--tenant", "acme", "--role", "admin").strip(),
-        "user": cli(data_dir, "keys", "create", "--tenant", "acme").strip(),
-        "other": cli(data_dir, "keys", "create", "--tenant", "globex").strip(),
+        "operator": cli(data_dir, "keys", "create", "--tenant", "acme", "--role", "operator",
+                        env=env).strip(),
+        "admin": cli(data_dir, "keys", "create", "--tenant", "acme", "--role", "admin",
+                     env=env).strip(),
+        "user": cli(data_dir, "keys", "create", "--tenant", "acme", env=env).strip(),
+        "other": cli(data_dir, "keys", "create", "--tenant", "globex", env=env).strip(),
     }
 
 
@@ -206,3 +211,45 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+# -- the ledger's tests: a migrated database on both engines, a key file, a keyed ledger --
+
+
+def open_db(url: str) -> Any:
+    """A migrated database with the ledger tables (unless MIGRATIONS already has them)."""
+    import sqlalchemy as sa
+
+    from intramuros.ledger.tables import ledger_migration_steps
+    from intramuros.store.db import Database
+
+    db = Database(url)
+    db.migrate()
+    if "ledger_records" not in sa.inspect(db.engine).get_table_names():
+        for _name, step in ledger_migration_steps():
+            with db.begin() as conn:
+                step(conn)
+    return db
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Any]:
+    database = open_db(db_url)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    from intramuros.ledger import generate_key_file
+
+    path = tmp_path / "keys" / "ledger-keys.json"
+    generate_key_file(path)
+    return path
+
+
+@pytest.fixture
+def ledger(db: Any, key_file: Path) -> Any:
+    from intramuros.ledger import Ledger, LedgerKeys
+
+    return Ledger(db, LedgerKeys.from_file(key_file))

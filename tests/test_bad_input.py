@@ -155,6 +155,9 @@ CASES: dict[str, Case] = {
         raw=b'{"model": "m", "messages": [{"role": "user", "content": "\xff\xfe"}]}',
         code=ANY,
     ),
+    # The OCR routes parse their (large) bodies themselves, off the event loop.
+    "ocr-invalid-utf8": Case("/v1/ocr", raw=b"~\xffK\xfe\xfeT", code="invalid_json"),
+    "ocr-job-invalid-utf8": Case("/v1/batch/ocr", raw=b"\xff", code="invalid_json"),
     # -- missing and unknown parameters ---------------------------------------
     "chat-missing-model": missing(CHAT, chat(), "model"),
     "chat-missing-messages": missing(CHAT, chat(), "messages"),

@@ -104,6 +104,42 @@ def _result() -> DocumentResult:
                           size_bytes=999)  # fmt: skip
 
 
+class _FakeDocument:
+    """What ``pipeline.open_document`` returns, over a fixed result (or a reader crash)."""
+
+    def __init__(self, result: DocumentResult, crash: bool = False) -> None:
+        self._result = result
+        self._crash = crash
+        self.wanted = [page.index for page in result.pages]
+        self.closed = False
+
+    def read_page(self, index: int) -> PageResult:
+        if self._crash:
+            raise ZeroDivisionError
+        return next(page for page in self._result.pages if page.index == index)
+
+    def result(self, pages: list[PageResult]) -> DocumentResult:
+        return DocumentResult(pages=pages, page_count=self._result.page_count,
+                              mime_type=self._result.mime_type,
+                              size_bytes=self._result.size_bytes)  # fmt: skip
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def fake_reader(calls: list[dict[str, Any]], crash: bool = False,
+                bad_prefix: bytes | None = None) -> Any:  # fmt: skip
+    """A stand-in for ``pipeline.open_document`` that records its options."""
+
+    def open_document(data: bytes, **kw: Any) -> _FakeDocument:
+        calls.append(kw)
+        if bad_prefix is not None and data.startswith(bad_prefix):
+            raise BadDocument("Cannot read 'x': broken", param="document")
+        return _FakeDocument(_result(), crash=crash)
+
+    return open_document
+
+
 def test_to_response_shape() -> None:
     resp = to_response(_result(), "intramuros-ocr", include_images=False)
     page = resp.pages[0]
@@ -131,8 +167,7 @@ def test_service_meters_reads_and_classifies_reader_bugs(
     svc = DocaiService(core)
     who = Principal(tenant="acme", key_id=None, role="user")
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(pipeline, "read_document",
-                        lambda data, **kw: calls.append(kw) or _result())  # fmt: skip
+    monkeypatch.setattr(pipeline, "open_document", fake_reader(calls))
     req = dp.OCRRequest.model_validate({"document": {"type": "document_url",
                                                       "document_url": _url("image/png", PNG)},
                                         "pages": "2", "languages": ["ell", "grc"]})  # fmt: skip
@@ -143,10 +178,7 @@ def test_service_meters_reads_and_classifies_reader_bugs(
         record = [e for e in core.ledger.records("acme") if e.kind == "model_call"][-1]
         assert record.data["extra"]["pages"] == 1 and record.data["route"] == "/v1/ocr"
 
-        def crash(data: bytes, **kw: Any) -> DocumentResult:
-            raise ZeroDivisionError
-
-        monkeypatch.setattr(pipeline, "read_document", crash)
+        monkeypatch.setattr(pipeline, "open_document", fake_reader(calls, crash=True))
         with pytest.raises(DocumentUnreadable):
             asyncio.run(svc.ocr(req, who))
         last = [e for e in core.ledger.records("acme") if e.kind == "model_call"][-1]
@@ -164,12 +196,7 @@ def test_jobs_on_both_databases(tmp_path: Path, db_url: str,
     from intramuros.serving.service import InferenceService
     from intramuros.settings import Settings
 
-    def fake(data: bytes, **kw: Any) -> DocumentResult:
-        if data.startswith(b"bad"):
-            raise BadDocument("Cannot read 'x': broken", param="document")
-        return _result()
-
-    monkeypatch.setattr(pipeline, "read_document", fake)
+    monkeypatch.setattr(pipeline, "open_document", fake_reader([], bad_prefix=b"bad"))
     settings = Settings(data_dir=tmp_path, database_url=db_url, preload_models=[],
                         egress_guard=False)  # fmt: skip
     core = InferenceService(settings)
@@ -214,8 +241,12 @@ def test_jobs_on_both_databases(tmp_path: Path, db_url: str,
                 if job.status == "completed":
                     break
                 await asyncio.sleep(0.05)
+            resumed = await svc.jobs.results(acme, job.id)
         finally:
             await svc.close()
+        # The resumed item was really read again (by the restarted service's readers).
+        assert resumed.data[1].error is not None
+        assert resumed.data[1].error["code"] == "invalid_document"
         with core.db.begin() as conn:
             assert conn.execute(sa.select(items.completed_at).where(
                 items.job_id == job.id, items.idx == 0)).scalar_one() == first_done

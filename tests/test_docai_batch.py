@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 from click.testing import CliRunner, Result
 
+from tests.conftest import cli
 from tests.test_docai_docs import INVOICE_LINES, make_pdf, make_png
 
 ID_LINES = [
@@ -117,6 +118,11 @@ def test_batch_resumes_after_a_kill(tmp_path: Path) -> None:
 def test_extract_identity_document(tmp_path: Path) -> None:
     doc = tmp_path / "id-card.pdf"
     doc.write_bytes(make_pdf([ID_LINES]))
+    # The calls are metered to a tenant that must exist (records are kept under its id).
+    r = _run(tmp_path / "data", "extract", str(doc), "--schema", "identity_document",
+             "--n-ctx", "4096", "--tenant", "acme")  # fmt: skip
+    assert r.returncode == 1 and "No tenant 'acme'" in r.stderr
+    cli(tmp_path / "data", "tenants", "create", "acme")
     r = _run(tmp_path / "data", "extract", str(doc), "--schema", "identity_document",
              "--n-ctx", "4096", "--tenant", "acme")  # fmt: skip
     assert r.returncode == 0, r.stderr

@@ -52,7 +52,12 @@ def make_pdf(pages: list[list[str]], *, size: int = 11) -> bytes:
             "/Resources << /Font << /F1 3 0 R >> >> >>".encode()
         )
         objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
-    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+    return assemble_pdf(objects, header=b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+
+
+def assemble_pdf(objects: list[bytes], header: bytes = b"%PDF-1.6\n") -> bytes:
+    """A PDF from its objects (1 is the catalog), with a correct cross-reference table."""
+    out = bytearray(header)
     offsets = []
     for n, body in enumerate(objects, start=1):
         offsets.append(len(out))

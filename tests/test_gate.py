@@ -89,7 +89,8 @@ def test_admin_routes_refuse_user_keys(server: Server) -> None:
         r = httpx.request(method, server.base_url + path, headers=user, json=body, timeout=30)
         check_error(r, 403, "insufficient_permissions")
     # nothing happened
-    tenants = httpx.get(server.base_url + "/v1/admin/tenants", headers=server.headers("admin"))
+    tenants = httpx.get(server.base_url + "/v1/admin/tenants",
+                        headers=server.headers("operator"))  # fmt: skip
     assert {t["name"] for t in tenants.json()["data"]} >= {"acme", "globex"}
     assert "evil" not in {t["name"] for t in tenants.json()["data"]}
 
@@ -131,8 +132,9 @@ def test_tenants_are_isolated(server: Server) -> None:
     assert all(row["tenant"] == "globex" for row in usage)
     check_error(httpx.get(server.base_url + "/v1/usage?tenant=acme", headers=globex), 404)
     check_error(httpx.get(server.base_url + "/v1/usage?tenant=nosuch", headers=globex), 404)
-    # the admin reads any tenant
-    admin = httpx.get(server.base_url + "/v1/usage?tenant=acme", headers=server.headers("admin"))
+    # the operator reads any tenant
+    admin = httpx.get(server.base_url + "/v1/usage?tenant=acme",
+                      headers=server.headers("operator"))  # fmt: skip
     assert admin.status_code == 200 and admin.json()["data"]
     assert all(row["tenant"] == "acme" for row in admin.json()["data"])
 
@@ -278,6 +280,6 @@ def test_usage_and_purge_commands(server: Server) -> None:
     out = cli(server.data_dir, "purge")
     assert "globex: purged 0 record(s)" in out
     rows = httpx.get(server.base_url + "/v1/admin/ledger?limit=1000",
-                     headers=server.headers("admin")).json()["data"]  # fmt: skip
+                     headers=server.headers("operator")).json()["data"]  # fmt: skip
     purges = [r for r in rows if r["kind"] == "purge" and r["tenant"] == "globex"]
     assert purges and purges[-1]["data"]["actor"].startswith("cli:")

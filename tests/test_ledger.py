@@ -15,7 +15,7 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,9 @@ from intramuros.ledger import (
     LedgerEntry,
     LedgerKeyError,
     LedgerKeyMissing,
+    LedgerKeyRequired,
     LedgerKeys,
     generate_key_file,
-    ledger_migration_steps,
     rotate,
     verify_export,
 )
@@ -41,36 +41,6 @@ from intramuros.store.db import Database
 from tests.conftest import PG_ADMIN
 
 MARKER = "ZEBRA-MARKER-7f3c1d"  # a plaintext that must never appear in the database file
-
-
-def open_db(url: str) -> Database:
-    """A migrated database with the ledger tables (unless MIGRATIONS already has them)."""
-    db = Database(url)
-    db.migrate()
-    if "ledger_records" not in sa.inspect(db.engine).get_table_names():
-        for _name, step in ledger_migration_steps():
-            with db.begin() as conn:
-                step(conn)
-    return db
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = open_db(db_url)
-    yield database
-    database.close()
-
-
-@pytest.fixture
-def key_file(tmp_path: Path) -> Path:
-    path = tmp_path / "keys" / "ledger-keys.json"
-    generate_key_file(path)
-    return path
-
-
-@pytest.fixture
-def ledger(db: Database, key_file: Path) -> Ledger:
-    return Ledger(db, LedgerKeys.from_file(key_file))
 
 
 def sql(db: Database, statement: str, **params: Any) -> Any:
@@ -128,6 +98,9 @@ def test_append_chains_and_verifies(ledger: Ledger) -> None:
     report = ledger.verify()
     assert report.ok and report.checked == 6 and report.first_bad_seq is None
     assert (report.head_seq, report.head_hash) == (6, admin.hash)
+    # Every record is MAC'd under the current key version, and verified.
+    assert all(e.mac_version == "v1" and e.mac for e in [*entries, admin])
+    assert report.authenticated and report.macs_checked == 6 and report.legacy_records == 0
     checkpoint = ledger.checkpoint()
     assert (checkpoint.seq, checkpoint.hash) == (6, admin.hash)
     assert Checkpoint.from_json(checkpoint.to_json()) == checkpoint
@@ -312,8 +285,13 @@ def test_wholesale_rewrite_is_detected_against_a_checkpoint(ledger: Ledger, db: 
                 {"d": fields["data"], "p": prev, "h": new_hash, "s": row["seq"]},
             )
             prev = new_hash
-    assert ledger.verify().ok
-    report = ledger.verify(checkpoint)
+    # With the key, the first rewritten record's MAC gives it away.
+    report = ledger.verify()
+    assert (report.ok, report.first_bad_seq, report.reason) == (False, 2, "forged")
+    # Without it, the chain links again; only the checkpoint kept elsewhere shows it.
+    keyless = Ledger(db, None)
+    assert keyless.verify().ok and not keyless.verify().authenticated
+    report = keyless.verify(checkpoint)
     assert (report.ok, report.first_bad_seq, report.reason) == (False, 5, "checkpoint_mismatch")
 
 
@@ -395,26 +373,35 @@ def test_wrong_or_missing_key(db: Database, key_file: Path, tmp_path: Path) -> N
     ledger = Ledger(db, LedgerKeys.from_file(key_file))
     entry = call(ledger, 0, content=content(0))
 
+    # A different key under the same version name: the record's MAC fails first.
     impostor = Ledger(db, LedgerKeys({"v1": secrets.token_bytes(32)}, "v1"))
     with pytest.raises(LedgerKeyError, match="not the one it was written with"):
         impostor.read_content(entry.seq)
     report = impostor.verify()
-    assert (report.ok, report.reason, report.first_bad_seq) == (False, "content_mismatch", 1)
+    assert (report.ok, report.reason, report.first_bad_seq) == (False, "forged", 1)
+    assert "not the one it was written with" in report.detail
 
+    # The version the record was written with is not loaded: refused, not "unchecked".
     other_version = Ledger(db, LedgerKeys({"v9": secrets.token_bytes(32)}, "v9"))
     with pytest.raises(LedgerKeyError, match="'v1', which is not loaded"):
         other_version.read_content(entry.seq)
     report = other_version.verify()
-    assert report.ok and report.content_unchecked == 1 and report.content_checked == 0
+    assert (report.ok, report.reason, report.first_bad_seq) == (False, "unknown_key_version", 1)
 
+    # Without a key: no content, and no record at all once the chain is keyed.
     keyless = Ledger(db, None)
     with pytest.raises(LedgerKeyMissing, match="no ledger key is configured"):
         call(keyless, 1, content=content(1))
-    assert call(keyless, 2).seq == 2  # records without content need no key
+    with pytest.raises(LedgerKeyRequired, match="INTRAMUROS_LEDGER_KEY"):
+        call(keyless, 2)
+    with pytest.raises(LedgerKeyRequired):
+        keyless.require_appendable()
     with pytest.raises(LedgerKeyMissing):
         keyless.read_content(entry.seq)
-    report = keyless.verify()
-    assert report.ok and report.checked == 2 and report.content_unchecked == 1
+    report = keyless.verify()  # linkage only: ok, but not authenticated
+    assert report.ok and report.checked == 1 and report.content_unchecked == 1
+    assert not report.authenticated and report.macs_checked == 0
+    assert ledger.verify().authenticated
 
 
 def test_rotation_keeps_old_content_readable(db: Database, key_file: Path) -> None:

@@ -11,11 +11,13 @@ as ``benchmarks/pii.py`` scores it.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import itertools
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -514,3 +516,229 @@ def test_finding_is_frozen() -> None:
     f = Finding("email", 0, 1, "a")
     with pytest.raises(AttributeError):
         f.start = 2  # type: ignore[misc]
+
+
+# -- the normalised view: evasions, offsets back in the original ---------------------
+
+
+def _fullwidth(text: str) -> str:
+    return "".join(chr(ord(c) + 0xFEE0) if c.isascii() and c.isalnum() else c for c in text)
+
+
+IBAN_FR = "FR76 3000 6000 0112 3456 7890 189"
+IBAN_DE = "DE89 3704 0044 0532 0130 00"
+EVADED_IBANS = {
+    "dashes": IBAN_FR.replace(" ", "-"),
+    "dots": IBAN_DE.replace(" ", "."),
+    "slashes": IBAN_DE.replace(" ", "/"),
+    "double-spaces": IBAN_FR.replace(" ", "  "),
+    "tabs": IBAN_DE.replace(" ", "\t"),
+    "no-break-spaces": IBAN_FR.replace(" ", "\u00a0"),
+    "narrow-no-break-spaces": IBAN_DE.replace(" ", "\u202f"),
+    "zero-width-spaces": IBAN_FR.replace(" ", "\u200b"),
+    "zero-width-joiners": "\u200d".join(IBAN_DE.replace(" ", "")),
+    "word-joiners": IBAN_FR.replace(" ", "\u2060"),
+    "byte-order-marks": IBAN_DE.replace(" ", "\ufeff"),
+    "soft-hyphens": IBAN_FR.replace(" ", "\u00ad"),
+    "fullwidth-digits": "FR" + _fullwidth(IBAN_FR[2:]),
+    "fullwidth-all": _fullwidth(IBAN_FR),
+    "arabic-indic-digits": "".join(chr(0x660 + int(c)) if c.isdigit() else c for c in IBAN_DE),
+    "newline": "FR76 3000 6000\n0112 3456 7890 189",
+    "crlf": "FR76 3000 6000\r\n0112 3456 7890 189",
+    "newline-mid-group": "DE8937040044\n0532013000",
+    "dash-then-newline": "FR76-3000-6000-\n0112-3456-7890-189",
+    "combining-marks": "\u0301".join(IBAN_DE),
+    "cyrillic-country-letter": "\u0415S91 2100 0418 4502 0005 1332",
+}
+
+
+@pytest.mark.parametrize("written", EVADED_IBANS.values(), ids=EVADED_IBANS.keys())
+def test_iban_evasions_found_with_their_original_span(written: str) -> None:
+    text = f"Virement sur {written} merci."
+    assert found(text) == [("iban", written)]
+    assert redact(text) == "Virement sur [IBAN] merci."
+    p = Pseudonymiser()
+    masked = p.pseudonymise(text)
+    assert masked == "Virement sur <IBAN_1> merci."
+    assert p.restore(f"OK: {masked}") == f"OK: {text}"  # the original spelling comes back
+
+
+EVADED_OTHERS = {
+    "email-fullwidth": ("email", _fullwidth("marie.dupont") + "＠" + _fullwidth("example") + ".fr"),
+    "email-zero-width": ("email", "marie.dupont\u200b@\u200bexample.fr"),
+    "email-small-at": ("email", "marie.dupont\ufe6bexample.fr"),
+    "card-dots": ("card", "4111.1111.1111.1111"),
+    "card-nbsp": ("card", "4111\u00a01111\u00a01111\u00a01111"),
+    "card-wrapped": ("card", "4111 1111\n1111 1111"),
+    "card-fullwidth": ("card", _fullwidth("5555 5555 5555 4444")),
+    "phone-nbsp": ("phone", "06\u00a012\u00a034\u00a056\u00a078"),
+    "phone-wrapped": ("phone", "+33 6 12\n34 56 78"),
+    "phone-zero-width": ("phone", "+33\u200b6\u200b12\u200b34\u200b56\u200b78"),
+    "nir-dots": ("fr_nir", "2.69.05.49.588.157.80"),
+    "nir-wrapped": ("fr_nir", "2 69 05 49\n588 157 80"),
+    "steuer-id-dashes": ("de_steuer_id", "86-095-742-719"),
+    "steuer-id-fullwidth": ("de_steuer_id", _fullwidth("86095742719")),
+    "bsn-zero-width": ("nl_bsn", "1234\u200b56\u200b782"),
+    "ip-fullwidth": ("ip", _fullwidth("192") + "．168．1．10"),
+    "codice-fiscale-fullwidth": ("it_codice_fiscale", _fullwidth("RSSMRA85T10A562S")),
+}
+
+
+@pytest.mark.parametrize("expected", EVADED_OTHERS.values(), ids=EVADED_OTHERS.keys())
+def test_other_evasions_found_with_their_original_span(expected: tuple[str, str]) -> None:
+    category, written = expected
+    text = f"Contact : {written} ; merci"
+    assert found(text) == [(category, written)]
+
+
+HARD_NEGATIVES = [
+    "Order 2024-0612-3456-78 shipped", "Commande n° 0612-345-678", "on 2024-03-15 and 15.03.2024",
+    "version 10.0.19045.2965 / 4.2.1", "ISBN 978-3-16-148410-0", "Total 1.234.567,89 €",
+    "Serial SN-4111-1111-1111-1111", "ref FR76-XXXX", "Ticket 12\n34\n56\n78\n90",
+    "Rows:\n4111\n1111\n1111\n1111", "pages 12-34-56-78-90", "Lot 1234.5678.9012.3456",
+    "Tel ext 12\n3456", "Call 0800\n123\n456\n789",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", HARD_NEGATIVES)
+def test_tolerated_separators_do_not_make_numbers_personal(text: str) -> None:
+    assert found(text) == []
+
+
+def test_view_maps_offsets_back_to_the_original() -> None:
+    from intramuros.gate.pii_normal import TextView
+
+    plain = TextView("plain ascii text, nothing to fold")
+    assert plain.identical and plain.text == plain.original
+    original = "a\u200bb\u00a0\u00a0c\u2460d\u00bde\r\nf"
+    view = TextView(original)
+    assert view.text == "ab c1d1/2e\nf"
+    for v, ch in enumerate(view.text):
+        start, end = view.start_of(v), view.end_of(v + 1)
+        assert start < end and ch in unicodedata_fold(original[start:end]), (v, ch)
+    assert view.start_of(0) == 0 and view.end_of(len(view.text)) == len(original)
+    # The view's "b" (after a removed zero-width space) starts after it.
+    assert view.start_of(1) == 2
+
+
+def unicodedata_fold(text: str) -> str:
+    import unicodedata
+
+    return unicodedata.normalize("NFKC", text).replace("\u2044", "/").replace("\r\n", "\n")
+
+
+def test_message_parts_are_joined_with_a_line_break() -> None:
+    from intramuros.engines.prompting import message_text
+
+    parts = [{"type": "text", "text": "FR76 3000 6000 0112"},
+             {"type": "text", "text": "3456 7890 189"}]
+    joined = message_text(parts, 0)
+    assert joined == "FR76 3000 6000 0112\n3456 7890 189"
+    assert found(joined) == [("iban", joined)]
+
+
+# -- linear time, whatever the input -------------------------------------------------
+
+
+def _cpu(run: Callable[[], object]) -> float:
+    t0 = time.thread_time()
+    run()
+    return time.thread_time() - t0
+
+
+def _doubling(make: Callable[[int], object], run: Callable[[object], object], n: int) -> float:
+    """How much longer ``run`` takes per doubling of its input (2 when linear, 4 quadratic;
+    the tests allow 3, which a sort's log factor and a shared machine's noise stay under).
+
+    Measured over a fourfold input (the square root of the ratio), best of three, with
+    the garbage collector paused: one doubling's ratio is too noisy on a shared machine.
+    """
+    small, large = make(n), make(4 * n)
+    run(small)  # warm-up: lazily built tables
+    gc.collect()
+    gc.disable()
+    try:
+        t1 = min(_cpu(lambda: run(small)) for _ in range(3))
+        t4 = min(_cpu(lambda: run(large)) for _ in range(3))
+    finally:
+        gc.enable()
+    return float((t4 / max(t1, 1e-6)) ** 0.5)
+
+
+ADVERSARIAL: dict[str, tuple[Callable[[int], str], int]] = {
+    "distinct-emails": (lambda n: " ".join(f"user{i}@example.com" for i in range(n // 20)),
+                        30_000),
+    "at-signs": (lambda n: "@" * n, 100_000),
+    "at-between-letters": (lambda n: "a@" * (n // 2), 50_000),
+    "dotted-domains": (lambda n: "x@" + "a." * (n // 2), 800_000),
+    "long-local-parts": (lambda n: ("a" * 70 + "@b.co ") * (n // 76), 300_000),
+    "one-digit-run": (lambda n: "1" * n, 100_000),
+    "spaced-digits": (lambda n: "1 " * (n // 2), 60_000),
+    "international-prefix-then-digits": (lambda n: "+33 " + "1 " * (n // 2), 40_000),
+    "dashed-digits": (lambda n: "12-" * (n // 3), 60_000),
+    "wrapped-digits": (lambda n: "12\n" * (n // 3), 30_000),
+    "iban-heads": (lambda n: "FR76 " * (n // 5), 25_000),
+    "valid-ibans": (lambda n: (IBAN_DE + " ") * (n // 28), 25_000),
+    "cards": (lambda n: "4111 1111 1111 1111 " * (n // 20), 80_000),
+    "colons": (lambda n: "1:" * (n // 2), 40_000),
+    "ipv6-ish": (lambda n: "a:b:c:d:e:f:1:2 " * (n // 16), 30_000),
+    "codice-fiscale-ish": (lambda n: "RSSMRA85T10A562S " * (n // 17), 30_000),
+    "letters-then-digits": (lambda n: "A1" * (n // 2), 30_000),
+    "zero-width-digits": (lambda n: "1\u200b" * (n // 2), 50_000),
+    "fullwidth-digits": (lambda n: "\uff11" * n, 60_000),
+    "white-space-runs": (lambda n: " \u00a0\n\t" * (n // 4), 120_000),
+    "labels": (lambda n: "Order n° 123456782, " * (n // 20), 40_000),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("make,n", ADVERSARIAL.values(), ids=ADVERSARIAL.keys())
+def test_detection_is_linear_on_adversarial_input(make: Callable[[int], str], n: int) -> None:
+    assert _doubling(make, lambda text: detect(str(text)), n) < 3.0
+
+
+def test_pseudonymising_many_distinct_values_is_linear() -> None:
+    def make(n: int) -> str:
+        return " ".join(f"user{i}@example.com" for i in range(n // 20))
+
+    assert _doubling(make, lambda text: Pseudonymiser().pseudonymise(str(text)), 60_000) < 3.0
+
+
+def test_restoring_many_placeholders_is_linear() -> None:
+    def make(n: int) -> tuple[Pseudonymiser, str]:
+        p = Pseudonymiser()
+        p.pseudonymise(" ".join(f"user{i}@example.com" for i in range(n)))
+        return p, " ".join(f"<EMAIL_{i + 1}>" for i in range(n)) + " <EMAIL_1" * n
+
+    def run(arg: object) -> object:
+        p, text = arg  # type: ignore[misc]
+        return p.restore(text)
+
+    assert _doubling(make, run, 8_000) < 3.0
+
+
+def test_streaming_restore_does_not_grow_with_the_placeholders_issued() -> None:
+    def make(n: int) -> tuple[Pseudonymiser, list[str]]:
+        p = Pseudonymiser()
+        p.pseudonymise(" ".join(f"user{i}@example.com" for i in range(n)))
+        return p, ["text <EMA", "IL_", "17> and <EMAIL_99", "9> then <PH"] * (n // 20)
+
+    def run(arg: object) -> object:
+        p, chunks = arg  # type: ignore[misc]
+        r = p.stream_restorer()
+        return [r.feed(c) for c in chunks] + [r.flush()]
+
+    # Twice the placeholders and twice the chunks: twice the time, not four times.
+    assert _doubling(make, run, 8_000) < 3.0
+    p, chunks = make(40)
+    r = p.stream_restorer()
+    assert "".join(r.feed(c) for c in chunks[:3]) + r.flush() == (
+        "text user16@example.com and <EMAIL_99"
+    )
+
+
+def test_the_longest_tail_held_is_bounded() -> None:
+    p = Pseudonymiser()
+    p.pseudonymise("a@example.com")
+    r = p.stream_restorer()
+    assert r.feed("<EMAIL_" + "1" * 100_000) == "<EMAIL_" + "1" * 100_000  # released at once
+    assert r.feed("<EMAIL_1") == "" and r.flush() == "<EMAIL_1"

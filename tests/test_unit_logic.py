@@ -100,7 +100,8 @@ def test_normalise_messages() -> None:
     out = prompting.normalise_messages(params)
     assert [m["role"] for m in out] == ["system", "user", "assistant", "user"]
     assert out[0]["content"].startswith("Be brief.") and '"weather"' in out[0]["content"]
-    assert out[1]["content"] == "ab"
+    # parts are joined with a line break: two parts never glue into one token (or one IBAN)
+    assert out[1]["content"] == "a\nb"
     assert json.loads(out[2]["content"]) == {"name": "weather", "arguments": {"city": "X"}}
     assert out[3]["content"] == "Result of tool 1: sunny\n\nthanks"
     with pytest.raises(InvalidRequest) as exc:

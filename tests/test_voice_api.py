@@ -10,12 +10,13 @@ garbage answer cannot pass.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
 import warnings
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -197,13 +198,51 @@ def test_long_recording_is_not_truncated(oai: openai.OpenAI, work: Path) -> None
     assert wer(reference, result.text) <= 0.4, result.text
 
 
+def test_a_recording_longer_than_a_block_is_transcribed_whole(
+    voice: Server, oai: openai.OpenAI, work: Path
+) -> None:
+    """Past the default block (120 s): checked once, then decoded and transcribed block by
+    block, cut in a pause; every sentence, in order, timed from the start of the recording."""
+    wav = join(clips("en") * 5, work / "blocks.wav", gap=6.0)  # 140 s, 57 s of it speech
+    ogg = work / "blocks.ogg"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(wav), "-c:a", "libopus",
+                    "-b:a", "24k", str(ogg)], check=True)  # fmt: skip
+    def transcribe() -> Any:
+        with ogg.open("rb") as fh:
+            return oai.audio.transcriptions.create(model="whisper-tiny.en", file=fh,
+                                                   response_format="verbose_json")  # fmt: skip
+
+    # Whisper retries a window it decoded badly by sampling at higher temperatures, and
+    # CTranslate2's sampling cannot be seeded from here: robotic speech sometimes comes
+    # out garbled (or its segments dropped). Three tries, the same checks on the last.
+    result = _tries(transcribe, lambda r: any(s.start > 125 for s in r.segments or [])
+                    and wer(" ".join(refs("en") * 5), r.text) <= 0.3)  # fmt: skip
+    segments = result.segments or []
+    assert result.duration is not None and 130 < result.duration < 160
+    assert [s.id for s in segments] == list(range(len(segments)))
+    assert all(a.start <= b.start for a, b in itertools.pairwise(segments))
+    assert all(0 <= s.start <= s.end <= result.duration + 0.1 for s in segments)
+    assert any(s.start > 125 for s in segments), "nothing from the second block"
+    assert wer(" ".join(refs("en") * 5), result.text) <= 0.3, result.text
+    page = httpx.get(voice.base_url + "/v1/admin/ledger", params={"limit": 1000},
+                     headers=voice.headers("admin"), timeout=30).json()["data"]  # fmt: skip
+    last = [e for e in page if e["kind"] == "model_call"][-1]["data"]
+    assert last["extra"]["blocks"] == 2 and last["status"] == 200, last
+
+
 def test_translation_into_english(oai: openai.OpenAI, work: Path) -> None:
     audio = join(clips("de"), work / "de-translate.wav")
-    with audio.open("rb") as fh, warnings.catch_warnings():
-        # The client marks audio.translations deprecated; the endpoint is still OpenAI's.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        result = oai.audio.translations.create(model="whisper-base", file=fh,
-                                               response_format="verbose_json")  # fmt: skip
+
+    def translate() -> Any:
+        with audio.open("rb") as fh, warnings.catch_warnings():
+            # The client marks audio.translations deprecated; the endpoint is still OpenAI's.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return oai.audio.translations.create(model="whisper-base", file=fh,
+                                                 response_format="verbose_json")  # fmt: skip
+
+    # Whisper's temperature fallback samples (see the test above): three tries.
+    result = _tries(translate, lambda r: {"tomorrow", "morning", "berlin"} <= set(
+        re.findall(r"[a-zäöüß]+", r.text.lower())))  # fmt: skip
     assert result.language == "english"
     words = set(re.findall(r"[a-zäöüß]+", result.text.lower()))
     # espeak's German is hard to follow, but the first sentence comes out in English.
@@ -442,7 +481,7 @@ def test_ledger_records_audio_seconds_and_real_time_factor(voice: Server) -> Non
     assert any(e["kind"] == "model_call" and e["data"]["route"] == "/v1/audio/translations"
                for e in entries)  # fmt: skip
     verify = httpx.get(voice.base_url + "/v1/admin/ledger/verify",
-                       headers=voice.headers("admin"), timeout=60).json()  # fmt: skip
+                       headers=voice.headers("operator"), timeout=60).json()  # fmt: skip
     assert verify["ok"] is True, verify
 
 
@@ -488,3 +527,17 @@ def test_a_client_that_leaves_a_stream_is_recorded_and_frees_the_model(
               {"file": ("en-1.wav", (CORPUS / "en-1.wav").read_bytes())},
               {"model": "whisper-tiny.en"})  # fmt: skip
     assert r2.status_code == 200
+
+
+def _tries(call: Callable[[], Any], good: Callable[[Any], bool], tries: int = 3) -> Any:
+    """``call()`` until ``good`` holds of its result, at most ``tries`` times; the last result.
+
+    For checks on what Whisper writes when its fallback samples (not seedable): the
+    caller asserts on the result returned, so a model that keeps failing still fails.
+    """
+    result = call()
+    for _ in range(tries - 1):
+        if good(result):
+            break
+        result = call()
+    return result

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ from intramuros.engines.base import TranscriptSegment, TranscriptWord
 from intramuros.errors import InvalidRequest, ModelIntegrityError
 from intramuros.settings import Settings
 from intramuros.store.db import Database
-from intramuros.voice.audio import decode
+from intramuros.voice.audio import probe
 from intramuros.voice.errors import AudioTooLong
 from intramuros.voice.formats import Transcript, render, srt, timestamp, vtt
 from intramuros.voice.languages import LANGUAGES, language_code, language_name
@@ -80,19 +81,24 @@ def test_subtitles_and_json_shapes() -> None:
     assert empty == {"text": "", "usage": {"type": "duration", "seconds": 3.0}}
 
 
+def _probe(data: bytes, max_seconds: float, keep_seconds: float = 600) -> Any:
+    return probe(data, max_seconds=max_seconds, keep_seconds=keep_seconds)
+
+
 def test_duration_limit_declared_and_decoded() -> None:
     data = (CORPUS / "en-1.wav").read_bytes()
     with pytest.raises(AudioTooLong) as info:
-        decode(data, max_seconds=1.0)  # the WAV header says ~4 s
+        _probe(data, max_seconds=1.0)  # the WAV header says ~4 s
     assert info.value.param == "file" and info.value.status == 400
+    assert "voice_max_audio_seconds" in info.value.message and "1 s" in info.value.message
     # A streamed WAV (no size in its header) is stopped while decoding.
     streamed = bytearray(data)
     streamed[40:44] = (0xFFFFFFFF).to_bytes(4, "little")
     streamed[4:8] = (0xFFFFFFFF).to_bytes(4, "little")
-    with pytest.raises(AudioTooLong):
-        decode(bytes(streamed), max_seconds=1.0)
-    assert decode(bytes(streamed), max_seconds=60).duration == pytest.approx(
-        decode(data, max_seconds=60).duration, abs=0.01)  # fmt: skip
+    with pytest.raises(AudioTooLong):  # FFmpeg estimates its duration from its size
+        _probe(bytes(streamed), max_seconds=1.0)
+    assert _probe(bytes(streamed), max_seconds=60).duration == pytest.approx(
+        _probe(data, max_seconds=60).duration, abs=0.01)  # fmt: skip
 
 
 # -- CTranslate2 directories in the catalogue ------------------------------------------
@@ -258,7 +264,7 @@ def test_batched_decoding_falls_back_when_it_repeats_itself(tmp_path: Path) -> N
     catalog.ensure_files(record)
     engine = WhisperEngine(record, settings)
     engine.load()
-    audio = decode((CORPUS / "el-2.wav").read_bytes(), max_seconds=60).samples
+    audio = _probe((CORPUS / "el-2.wav").read_bytes(), max_seconds=60).samples
     reference = "Παρακαλώ στείλτε το υπογεγραμμένο συμβόλαιο στο γραφείο μας στην Αθήνα."
     for timestamps in (False, True):  # batched (with the guard), then in order
         events = list(engine.transcribe(audio, TranscriptionParams(language="el",

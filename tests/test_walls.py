@@ -94,6 +94,9 @@ def walls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Ec
 
     subprocess.run([sys.executable, "-m", "intramuros.cli", "ledger", "keygen", str(key_file)],
                    check=True, capture_output=True, timeout=60)
+    # The server keys the chain: every command on its data needs the key too.
+    env = pytest.MonkeyPatch()
+    env.setenv("INTRAMUROS_LEDGER_KEY_FILE", str(key_file))
     stub = EchoUpstream()
     cli(data, "models", "add-upstream", "echo", "--base-url", f"http://127.0.0.1:{stub.port}/v1",
         "--upstream-model", "echo", "--capabilities", "chat")
@@ -107,6 +110,7 @@ def walls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Ec
     _clients.clear()
     stop_server(srv)
     stub.close()
+    env.undo()
 
 
 _clients: dict[tuple[int, str], openai.OpenAI] = {}
@@ -148,7 +152,7 @@ def test_block_lists_the_categories(walls) -> None:  # type: ignore[no-untyped-d
     err = exc.value.body
     assert isinstance(err, dict) and err["code"] == "personal_data_blocked"
     assert "iban" in err["message"] and IBAN not in err["message"]
-    assert err["param"] == "messages"
+    assert err["param"] == "messages[0].content"  # the field where it was found
     assert len(stub.bodies) == before, "a blocked request never reaches the model"
     # another tenant, default policy: not blocked, the model sees it, logs do not
     r = client(srv, "other").chat.completions.create(model="echo", messages=ask(f"Pay {IBAN}"))  # type: ignore[arg-type]
@@ -175,7 +179,10 @@ def test_ledger_records_decisions_and_redacted_encrypted_content(walls) -> None:
     # user keys cannot read the ledger
     r = httpx.get(srv.base_url + f"/v1/admin/ledger/{rec['seq']}/content", headers=srv.headers())
     assert r.status_code == 403
-    assert httpx.get(srv.base_url + "/v1/admin/ledger/verify", headers=admin).json()["ok"]
+    # the whole chain spans every tenant: an operator's to verify
+    assert httpx.get(srv.base_url + "/v1/admin/ledger/verify", headers=admin).status_code == 403
+    assert httpx.get(srv.base_url + "/v1/admin/ledger/verify",
+                     headers=srv.headers("operator")).json()["ok"]  # fmt: skip
 
 
 def test_nothing_personal_in_database_logs_or_metrics(walls) -> None:  # type: ignore[no-untyped-def]
@@ -191,7 +198,7 @@ def test_nothing_personal_in_database_logs_or_metrics(walls) -> None:  # type: i
 
 def test_admin_actions_are_in_the_ledger(walls) -> None:  # type: ignore[no-untyped-def]
     srv, _, _ = walls
-    admin = srv.headers("admin")
+    admin = srv.headers("operator")
     made = httpx.post(srv.base_url + "/v1/admin/keys", headers=admin, json={"tenant": "globex"})
     rows = httpx.get(srv.base_url + "/v1/admin/ledger?limit=1000", headers=admin).json()["data"]
     actions = [(r["data"]["action"], r["data"].get("key_id")) for r in rows if r["kind"] == "admin"]
@@ -275,7 +282,7 @@ def test_tampering_is_detected_by_the_cli(walls, tmp_path: Path) -> None:  # typ
 
 def test_blocked_call_is_recorded_and_allow_keeps_the_value(walls) -> None:  # type: ignore[no-untyped-def]
     srv, _, _ = walls
-    admin = srv.headers("admin")
+    admin = srv.headers("operator")  # it reads two tenants' records
     rows = httpx.get(srv.base_url + "/v1/admin/ledger?tenant=acme&limit=1000",
                      headers=admin).json()["data"]  # fmt: skip
     blocked = [r for r in rows if r["data"].get("error_code") == "personal_data_blocked"]
@@ -291,3 +298,29 @@ def test_blocked_call_is_recorded_and_allow_keeps_the_value(walls) -> None:  # t
     assert content["content"]["prompt"] == [f"Pay {IBAN}"]
     for f in srv.data_dir.glob("intramuros.db*"):
         assert IBAN.encode() not in f.read_bytes(), "kept text is encrypted at rest"
+
+
+def test_erasing_a_subject_that_is_personal_data(walls) -> None:  # type: ignore[no-untyped-def]
+    # An end-user id that is an e-mail address is recorded only as its keyed digest; erasure
+    # by the address finds it, and the tombstone does not write the address either.
+    srv, _, key_file = walls
+    subject = "carla.subject@example.org"
+    client(srv).chat.completions.create(model="echo", messages=ask("Hello there"),  # type: ignore[arg-type]
+                                        user=subject)  # fmt: skip
+    op = srv.headers("operator")
+    rows = httpx.get(srv.base_url + "/v1/admin/ledger?tenant=acme&limit=1000",
+                     headers=op).json()["data"]  # fmt: skip
+    mine = [r for r in rows if r["kind"] == "model_call" and r["data"]["pii"].get("email")
+            and r["subject"] and r["subject"].startswith("hmac:") and r["has_content"]]
+    assert mine, "the call was recorded under the digest of its subject"
+    out = cli(srv.data_dir, "erase", "--tenant", "acme", "--subject", subject,
+              "--ledger-key-file", str(key_file))  # fmt: skip
+    assert "1 record" in out
+    after = httpx.get(srv.base_url + f"/v1/admin/ledger/{mine[-1]['seq']}/content",
+                      headers=op).json()  # fmt: skip
+    assert after["content"] is None
+    tomb = [r for r in httpx.get(srv.base_url + "/v1/admin/ledger?tenant=acme&limit=1000",
+                                 headers=op).json()["data"] if r["kind"] == "erasure"][-1]
+    assert tomb["subject"] == mine[-1]["subject"]
+    for f in srv.data_dir.glob("intramuros.db*"):
+        assert subject.encode() not in f.read_bytes()

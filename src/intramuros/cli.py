@@ -23,7 +23,17 @@ from intramuros.errors import IntramurosError
 from intramuros.gate.policy import Limits, TenantPolicy
 from intramuros.gate.retention import run_retention
 from intramuros.gate.tenants import Role, Tenants, parse_duration
-from intramuros.ledger import Checkpoint, Ledger, LedgerKeys, generate_key_file, rotate
+from intramuros.ledger import (
+    Checkpoint,
+    Ledger,
+    LedgerKeys,
+    PublicKeys,
+    VerifyReport,
+    generate_key_file,
+    load_checkpoint,
+    rotate,
+    verify_export,
+)
 from intramuros.offline import enforce_offline
 from intramuros.settings import Settings, load_settings
 
@@ -33,8 +43,9 @@ if typing.TYPE_CHECKING:
 # Piped output (| grep, CI logs) must not wrap: names and hashes stay whole.
 console = Console(width=None if sys.stdout.isatty() else 1000)
 
-# Settings every command accepts (where the state lives); `serve` takes all.
-_STATE_FIELDS = ("data_dir", "database_url", "config")
+# Settings every command accepts (where the state lives, and the ledger key that
+# records written there need); `serve` takes all.
+_STATE_FIELDS = ("data_dir", "database_url", "config", "ledger_key_file")
 
 
 def _click_type(annotation: Any) -> tuple[Any, bool]:
@@ -59,7 +70,7 @@ def _click_type(annotation: Any) -> tuple[Any, bool]:
 def settings_options(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Click options generated from ``Settings`` fields; their help is the field's description."""
     fields = Settings.model_fields
-    chosen = names or tuple(fields)
+    chosen = tuple(dict.fromkeys(names)) or tuple(fields)
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         for name in reversed(chosen):
@@ -234,6 +245,7 @@ def models_add(path: Path, name: str, license_: str, capabilities: str | None,
                context_length: int | None, replace: bool, **options: Any) -> None:  # fmt: skip
     """Add a GGUF file: hashes it and records its provenance."""
     try:
+        _auditable(options)
         record = _catalog(options).add_file(
             path, name=name, license=license_, capabilities=_capabilities(capabilities),
             context_length=context_length, replace=replace,
@@ -272,6 +284,7 @@ def models_add_upstream(name: str, base_url: str, upstream_model: str | None, ca
                         replace: bool, **options: Any) -> None:  # fmt: skip
     """Serve a model from an OpenAI-compatible server (vLLM, TGI, llama-server...)."""
     try:
+        _auditable(options)
         record = _catalog(options).add_upstream(
             name=name, base_url=base_url, upstream_model=upstream_model,
             capabilities=_capabilities(capabilities) or ("chat", "completion"),
@@ -291,6 +304,7 @@ def models_add_upstream(name: str, base_url: str, upstream_model: str | None, ca
 def models_remove(name: str, **options: Any) -> None:
     """Forget a model you added (its file stays where it is)."""
     try:
+        _auditable(options)
         catalog = _catalog(options)
         if catalog.get(name).bundled:
             _error(f"'{name}' is bundled; uninstall its package instead.")
@@ -412,13 +426,14 @@ def tenants_create(name: str, **options: Any) -> None:
     """Create a tenant (a department, a client organisation)."""
     try:
         policy = _policy_from(options)  # pops the policy flags first
+        _auditable(options)
         store = _tenants(options)
-        store.create(name, policy)
-        _audit(options, "tenant_create", name, policy=policy.model_dump())
+        info = store.create(name, policy)
+        _audit(options, "tenant_create", info.id, name=name, policy=policy.model_dump())
     except IntramurosError as exc:
         _fail(exc)
         return
-    console.print(f"created tenant {name}", highlight=False)
+    console.print(f"created tenant {name} (id {info.id})", highlight=False)
 
 
 @tenants_group.command("policy")
@@ -429,10 +444,12 @@ def tenants_policy(name: str, **options: Any) -> None:
     """Show a tenant's policy, or change it with the flags."""
     try:
         flags = {k: options.pop(k) for k in list(options) if k not in _STATE_FIELDS}
+        _auditable(options)
         store = _tenants(options)
-        policy = _policy_from(flags, store.policy(name))
-        store.set_policy(name, policy)
-        _audit(options, "tenant_policy", name, policy=policy.model_dump())
+        tenant = store.get(name)
+        policy = _policy_from(flags, tenant.policy)
+        store.set_policy(tenant.id, policy)
+        _audit(options, "tenant_policy", tenant.id, policy=policy.model_dump())
     except IntramurosError as exc:
         _fail(exc)
         return
@@ -442,11 +459,10 @@ def tenants_policy(name: str, **options: Any) -> None:
 @tenants_group.command("list")
 @settings_options(*_STATE_FIELDS)
 def tenants_list(**options: Any) -> None:
-    """List tenants."""
+    """List tenants: name, id (what records store), policy."""
     try:
-        store = _tenants(options)
-        for name in store.names():
-            click.echo(f"{name}\t{store.policy(name).model_dump_json()}")
+        for tenant in _tenants(options).all():
+            click.echo(f"{tenant.name}\t{tenant.id}\t{tenant.policy.model_dump_json()}")
     except IntramurosError as exc:
         _fail(exc)
 
@@ -455,14 +471,27 @@ def tenants_list(**options: Any) -> None:
 @click.argument("name")
 @settings_options(*_STATE_FIELDS)
 def tenants_delete(name: str, **options: Any) -> None:
-    """Delete a tenant and revoke its keys (its ledger records stay)."""
+    """Delete a tenant and everything it stored: keys, files, jobs, cases, records.
+
+    The ledger keeps its records (their stored content is erased, with a
+    tombstone), and the tenant's id is never given again: a new tenant of the
+    same name starts empty.
+    """
+    from intramuros.serving.tenancy import PurgeContext, delete_tenant
+
     try:
-        _tenants(options).delete(name)
-        _audit(options, "tenant_delete", name)
+        settings = _settings(dict(options))
+        store = _tenants(dict(options))
+        ledger = _ledger(options)
+        ledger.require_appendable()
+        ctx = PurgeContext(settings=settings, db=store.db, ledger=ledger, actor=_actor())
+        tomb, counts = delete_tenant(ctx, store, name)
     except IntramurosError as exc:
         _fail(exc)
         return
-    console.print(f"deleted tenant {name}")
+    done = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+    console.print(f"deleted tenant {name} (id {tomb.id}, never reused): {done or 'no data'}",
+                  highlight=False)
 
 
 @main.group("keys")
@@ -472,7 +501,10 @@ def keys_group() -> None:
 
 @keys_group.command("create")
 @click.option("--tenant", required=True, help="Tenant the key belongs to.")
-@click.option("--role", type=click.Choice(["user", "admin"]), default="user", show_default=True)
+@click.option("--role", type=click.Choice(["user", "admin", "operator"]), default="user",
+              show_default=True,
+              help="user: calls models; admin: manages its own tenant; operator: manages "
+                   "every tenant (made only here, on the machine).")
 @click.option("--expires", default=None, help="Lifetime, e.g. 90d, 12h, 30m.")
 @click.option("--models", default=None, help="Comma-separated models the key may use.")
 @click.option("--rpm", type=click.IntRange(min=1), default=None, help="Requests per minute.")
@@ -485,19 +517,21 @@ def keys_create(tenant: str, role: str, expires: str | None, models: str | None,
                 **options: Any) -> None:  # fmt: skip
     """Create a key and print it once; only its hash is stored."""
     try:
+        _auditable(options)
         store = _tenants(options)
+        tenant_id = store.resolve(tenant)
         key, info = store.create_key(
-            tenant, role=typing.cast(Role, role),
+            tenant_id, role=typing.cast(Role, role),
             expires_in=parse_duration(expires) if expires else None,
             models=tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
             limits=Limits(rpm=rpm, tpm=tpm, monthly_tokens=monthly_tokens),
         )  # fmt: skip
-        _audit(options, "key_create", tenant, key_id=info.id, role=role)
+        _audit(options, "key_create", tenant_id, key_id=info.id, role=role)
     except IntramurosError as exc:
         _fail(exc)
         return
     click.echo(key)
-    click.echo(f"key id {info.id}, tenant {info.tenant}, role {info.role}: store the key now, "
+    click.echo(f"key id {info.id}, tenant {tenant}, role {info.role}: store the key now, "
                "it cannot be shown again", err=True)  # fmt: skip
 
 
@@ -507,7 +541,8 @@ def keys_create(tenant: str, role: str, expires: str | None, models: str | None,
 def keys_list(tenant: str | None, **options: Any) -> None:
     """List keys (never their secrets)."""
     try:
-        keys = _tenants(options).keys(tenant)
+        store = _tenants(options)
+        keys = store.keys(store.resolve(tenant) if tenant else None)
     except IntramurosError as exc:
         _fail(exc)
         return
@@ -520,7 +555,8 @@ def keys_list(tenant: str | None, **options: Any) -> None:
             "expired" if k.expires_at and k.expires_at <= now else "active")  # fmt: skip
         expires = time.strftime("%Y-%m-%d %H:%M", time.gmtime(k.expires_at)) if k.expires_at \
             else "never"  # fmt: skip
-        table.add_row(k.id, k.tenant, k.role, state, expires, ",".join(k.models or ["*"]))
+        table.add_row(k.id, k.tenant_name or k.tenant, k.role, state, expires,
+                      ",".join(k.models or ["*"]))
     console.print(table)
 
 
@@ -530,8 +566,11 @@ def keys_list(tenant: str | None, **options: Any) -> None:
 def keys_revoke(key_id: str, **options: Any) -> None:
     """Revoke a key at once."""
     try:
-        _tenants(options).revoke(key_id)
-        _audit(options, "key_revoke", None, key_id=key_id)
+        _auditable(options)
+        store = _tenants(options)
+        key = store.key(key_id)
+        store.revoke(key_id)
+        _audit(options, "key_revoke", key.tenant, key_id=key_id)
     except IntramurosError as exc:
         _fail(exc)
         return
@@ -548,7 +587,9 @@ def usage_cmd(tenant: str | None, since: str | None, until: str | None, **option
     from intramuros.gate.quotas import usage_report
 
     try:
-        rows = usage_report(_tenants(options).db, tenant=tenant, since=since, until=until)
+        store = _tenants(options)
+        rows = usage_report(store.db, tenant=store.resolve(tenant) if tenant else None,
+                            since=since, until=until)
     except IntramurosError as exc:
         _fail(exc)
         return
@@ -594,40 +635,154 @@ def _audit(options: dict[str, Any], action: str, tenant: str | None, **details: 
                             data={"action": action, "actor": _actor(), **details})  # fmt: skip
 
 
+def _tenant_or_deleted(store: Tenants, value: str) -> str:
+    """The id of the live tenant named ``value``, or ``value`` if it is a deleted tenant's id.
+
+    A deleted tenant's records stay in the ledger under its id, for auditors.
+    """
+    try:
+        return store.resolve(value)
+    except IntramurosError:
+        if any(t.id == value for t in store.tombstones()):
+            return value
+        raise
+
+
+def _auditable(options: dict[str, Any]) -> None:
+    """Refuse an admin action now if its ledger record would be refused after it.
+
+    A keyed ledger takes no record without the key: check before acting, so
+    that nothing is done off the record.
+    """
+    _ledger(dict(options)).require_appendable()
+
+
 @main.group("ledger")
 def ledger_group() -> None:
     """Verify, checkpoint and export the tamper-evident ledger; manage its key."""
 
 
+# `ledger verify` and `ledger verify-export` exit with this when the records
+# link but nothing proves who wrote them (no key, or no signature checked).
+_UNAUTHENTICATED_EXIT = 3
+
+
+def _ledger_report(report: VerifyReport, allow_unauthenticated: bool, what: str) -> None:
+    """Print a verification report; exit 1 on tampering, 3 when it is not authenticated."""
+    click.echo(json.dumps(report.to_dict(), indent=2))
+    for warning in report.warnings:
+        click.echo("warning: " + warning, err=True)
+    if not report.ok:
+        where = f" at record {report.first_bad_seq}" if report.first_bad_seq is not None else ""
+        _error(f"{what} verification FAILED{where}: {report.reason}: {report.detail}")
+    if not report.authenticated and not allow_unauthenticated:
+        click.echo(
+            f"error: the {what} links, but it is not authenticated, so anyone able to write it "
+            "could have written it; see the warnings. Pass --allow-unauthenticated to accept "
+            "a check of linkage only.",
+            err=True,
+        )
+        sys.exit(_UNAUTHENTICATED_EXIT)
+
+
+def _ledger_checkpoint_file(path: Path | None) -> Checkpoint | None:
+    if path is None:
+        return None
+    from intramuros.errors import InvalidRequest
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"cannot read checkpoint {path}: {exc}", param="checkpoint") from None
+    return load_checkpoint(text)
+
+
+_ALLOW_UNAUTHENTICATED_HELP = (
+    "Exit 0 when the records link but cannot be authenticated (no ledger key or public "
+    "keys given, or no record MAC'd yet). Default: exit 3."
+)
+
+
 @ledger_group.command("verify")
 @click.option("--checkpoint", "checkpoint_file", type=click.Path(path_type=Path), default=None,
-              help="A checkpoint kept from `ledger checkpoint`: also detects truncation.")
+              help="A checkpoint kept from `ledger checkpoint` (or an export's manifest.json): "
+                   "also detects truncation; a signed one's signature is checked.")
+@click.option("--allow-unauthenticated", is_flag=True, help=_ALLOW_UNAUTHENTICATED_HELP)
 @settings_options(*_STATE_FIELDS, "ledger_key_file")
-def ledger_verify(checkpoint_file: Path | None, **options: Any) -> None:
-    """Check the whole hash chain (and stored content); exit 1 naming the first bad record."""
+def ledger_verify(checkpoint_file: Path | None, allow_unauthenticated: bool,
+                  **options: Any) -> None:  # fmt: skip
+    """Check the chain, every record's MAC and stored content; name the first bad record.
+
+    Exit 0: verified and authenticated with the ledger key. Exit 1: tampering
+    found (the first bad record and why) or an error. Exit 3: the records
+    link, but without the ledger key nothing proves who wrote them.
+    """
     try:
-        checkpoint = Checkpoint.from_json(checkpoint_file.read_text()) if checkpoint_file \
-            else None  # fmt: skip
+        checkpoint = _ledger_checkpoint_file(checkpoint_file)
         report = _ledger(options).verify(checkpoint)
-    except OSError as exc:
-        _error(f"cannot read checkpoint: {exc.strerror}")
-        return
     except IntramurosError as exc:
         _fail(exc)
         return
-    click.echo(json.dumps(report.to_dict(), indent=2))
-    if not report.ok:
-        _error(f"ledger verification FAILED at record {report.first_bad_seq}: {report.reason}")
+    _ledger_report(report, allow_unauthenticated, "ledger")
+
+
+@ledger_group.command("verify-export")
+@click.argument("path", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--public-keys", "public_keys_file", type=click.Path(path_type=Path), default=None,
+              help="The ledger's public keys (from `ledger public-key`): the export's "
+                   "signature, and a signed checkpoint's, must verify.")
+@click.option("--checkpoint", "checkpoint_file", type=click.Path(path_type=Path), default=None,
+              help="A checkpoint you kept: the export's record at its seq must match it.")
+@click.option("--allow-unauthenticated", is_flag=True, help=_ALLOW_UNAUTHENTICATED_HELP)
+def ledger_verify_export(path: Path, public_keys_file: Path | None, checkpoint_file: Path | None,
+                         allow_unauthenticated: bool) -> None:  # fmt: skip
+    """Check an export with neither the database nor a secret: what an auditor runs."""
+    try:
+        checkpoint = _ledger_checkpoint_file(checkpoint_file)
+        public_keys = PublicKeys.from_file(public_keys_file) if public_keys_file else None
+    except IntramurosError as exc:
+        _fail(exc)
+        return
+    report = verify_export(path, checkpoint=checkpoint, public_keys=public_keys)
+    _ledger_report(report, allow_unauthenticated, "export")
 
 
 @ledger_group.command("checkpoint")
 @settings_options(*_STATE_FIELDS, "ledger_key_file")
 def ledger_checkpoint(**options: Any) -> None:
-    """Print the head of the chain, to keep somewhere the database's admins cannot write."""
+    """Print the head of the chain, signed with the ledger key.
+
+    Keep it where the database's writers cannot reach, or hand it to a third
+    party along with `ledger public-key`.
+    """
     try:
-        click.echo(_ledger(options).checkpoint().to_json())
+        checkpoint = _ledger(options).checkpoint()
     except IntramurosError as exc:
         _fail(exc)
+        return
+    click.echo(checkpoint.to_json())
+    if not checkpoint.signed:
+        click.echo("warning: no ledger key loaded: this checkpoint is unsigned, so it proves "
+                   "nothing to anyone but whoever keeps it.", err=True)  # fmt: skip
+
+
+@ledger_group.command("public-key")
+@settings_options("config", "ledger_key_file")
+def ledger_public_key(**options: Any) -> None:
+    """Print the public keys that check signed checkpoints and exports (every key version).
+
+    They are not secret: give them to auditors, with checkpoints, over a
+    channel the database's administrators do not control.
+    """
+    try:
+        keys = LedgerKeys.load(_settings(options).ledger_key_file)
+    except IntramurosError as exc:
+        _fail(exc)
+        return
+    if keys is None:
+        _error("no ledger key is configured: pass --ledger-key-file or set INTRAMUROS_LEDGER_KEY.")
+        return
+    click.echo(keys.public_keys().to_json())
 
 
 def _when(value: str | None, param: str) -> float | None:
@@ -645,7 +800,9 @@ def _when(value: str | None, param: str) -> float | None:
 
 
 @ledger_group.command("export")
-@click.option("--tenant", default=None, help="Only this tenant's records (others redacted).")
+@click.option("--tenant", default=None,
+              help="Only this tenant's records (others redacted): a tenant's name, or the id "
+                   "of a deleted one.")
 @click.option("--since", default=None, help="From this ISO date/time (UTC).")
 @click.option("--until", default=None, help="Before this ISO date/time (UTC).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
@@ -653,16 +810,24 @@ def _when(value: str | None, param: str) -> float | None:
 @settings_options(*_STATE_FIELDS, "ledger_key_file")
 def ledger_export(tenant: str | None, since: str | None, until: str | None, out_dir: Path,
                   **options: Any) -> None:  # fmt: skip
-    """Write records as JSON lines for an auditor, with a manifest of the chain hashes."""
+    """Write records as JSON lines for an auditor, with a manifest signed with the ledger key."""
     try:
         ledger = _ledger(options)
+        ledger.require_appendable()  # the export is recorded: refuse before writing it
+        if tenant is not None:
+            tenant = _tenant_or_deleted(_tenants(dict(options)), tenant)
         path = ledger.export(out_dir, tenant=tenant, since=_when(since, "--since"),
                              until=_when(until, "--until"))  # fmt: skip
         _audit(options, "ledger_export", tenant, since=since, until=until)
     except IntramurosError as exc:
         _fail(exc)
         return
-    click.echo(f"exported to {path}")
+    manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    signature = manifest.get("signature")
+    if signature:
+        click.echo(f"exported to {path} (signed with key version {signature['key_version']})")
+    else:
+        click.echo(f"exported to {path} (unsigned: no ledger key, or no record MAC'd yet)")
 
 
 @ledger_group.command("keygen")
@@ -680,13 +845,14 @@ def ledger_keygen(path: Path) -> None:
 @ledger_group.command("rotate")
 @click.argument("path", type=click.Path(path_type=Path))
 def ledger_rotate(path: Path) -> None:
-    """Add a new key version and make it current; old versions still decrypt."""
+    """Add a new key version and make it current; old versions still decrypt and verify."""
     try:
         keys = rotate(path)
     except IntramurosError as exc:
         _fail(exc)
         return
-    click.echo(f"current key version is now {keys.current}")
+    click.echo(f"current key version is now {keys.current}; old versions stay in {path}. "
+               "Give auditors the new public key: `intramuros ledger public-key`.")  # fmt: skip
 
 
 @main.command("erase")
@@ -695,8 +861,19 @@ def ledger_rotate(path: Path) -> None:
 @settings_options(*_STATE_FIELDS, "ledger_key_file")
 def erase(tenant: str, subject: str, **options: Any) -> None:
     """Delete a subject's stored content everywhere; the ledger keeps a tombstone."""
+    from intramuros.gate.privacy import provisional_subject, subject_digests
+
     try:
-        count = _ledger(options).erase_subject(tenant, subject, actor=_actor())
+        tenant_id = _tenants(dict(options)).resolve(tenant)
+        ledger = _ledger(options)
+        # An id holding personal data was recorded as its digest (under whichever key
+        # version was current): erase every form found, and never write the id itself
+        # into a tombstone unless the records already hold it so.
+        forms = [subject, *subject_digests(subject, ledger.keys)]
+        found = [f for f in forms if ledger.records(tenant_id, subject=f, limit=1)]
+        fallback = provisional_subject(subject, ledger.keys) or subject
+        count = sum(ledger.erase_subject(tenant_id, form, actor=_actor())
+                    for form in found or [fallback])  # fmt: skip
     except IntramurosError as exc:
         _fail(exc)
         return
@@ -714,8 +891,9 @@ def purge(tenant: str | None, **options: Any) -> None:
     try:
         store = _tenants(dict(options))
         ledger = _ledger(options)
-        done = run_retention(store, ledger, actor=_actor(), tenant=tenant)
-        documents = _purge_documents(options, store, ledger, tenant)
+        tenant_id = store.resolve(tenant) if tenant else None
+        done = run_retention(store, ledger, actor=_actor(), tenant=tenant_id)
+        documents = _purge_documents(options, store, ledger, tenant_id)
     except IntramurosError as exc:
         _fail(exc)
         return

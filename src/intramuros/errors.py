@@ -80,11 +80,15 @@ class ContextLengthExceeded(ClientError):
         prompt_tokens: int,
         max_tokens: int,
         param: str = "messages",
+        at_least: bool = False,
     ) -> None:
+        # ``at_least``: the prompt was too long to be worth counting; its length in
+        # bytes alone shows it cannot fit, and ``prompt_tokens`` is a lower bound.
+        least = "at least " if at_least else ""
         super().__init__(
             f"This model's maximum context length is {context_length} tokens. However, you "
-            f"requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in the "
-            f"{param}, {max_tokens} in the completion). Please reduce the length of the "
+            f"requested {least}{prompt_tokens + max_tokens} tokens ({least}{prompt_tokens} in "
+            f"the {param}, {max_tokens} in the completion). Please reduce the length of the "
             f"{param} or the completion.",
             param=param,
         )

@@ -74,9 +74,11 @@ class Settings(BaseSettings):
     ledger_key_file: Path | None = Field(
         default=None,
         description=(
-            "Key file (from `intramuros ledger keygen`) that encrypts prompt and output text "
-            "kept in the ledger; else INTRAMUROS_LEDGER_KEY (base64, 32 bytes). Never stored "
-            "in the database. Without a key, no text is kept."
+            "Key file (from `intramuros ledger keygen`) of the ledger: MACs every record so "
+            "that a database writer cannot forge them, signs checkpoints and exports, and "
+            "encrypts prompt and output text kept in the ledger; else INTRAMUROS_LEDGER_KEY "
+            "(base64, 32 bytes). Never stored in the database; the CLI on the gateway host "
+            "needs it too. Without a key, records are not authenticated and no text is kept."
         ),
     )
     purge_interval_seconds: int = Field(
@@ -119,6 +121,14 @@ class Settings(BaseSettings):
         default=8 * 1024 * 1024,
         ge=1024,
         description="Largest request body accepted; larger bodies get 413.",
+    )
+    max_json_values: int = Field(
+        default=32_768,
+        ge=1024,
+        description=(
+            "Most JSON values (objects, arrays and their items) in one request body; more "
+            "gets 413 before the body is parsed (parsing holds the whole server)."
+        ),
     )
     max_embedding_inputs: int = Field(
         default=2048, ge=1, description="Most inputs in one /v1/embeddings request."
@@ -227,14 +237,31 @@ class Settings(BaseSettings):
         default=1000, ge=1, description="Most pages in one document; longer ones are refused."
     )
     docai_max_pixels: int = Field(
-        default=100_000_000,
+        default=25_000_000,
         ge=1_000_000,
-        description="Largest image (pixels) decoded from a document (decompression bombs).",
+        description=(
+            "Most pixels of one page image: an image or TIFF frame over it is refused (checked "
+            "from its header, before decoding: decompression bombs); a PDF page is rendered "
+            "for OCR at a lower dpi to fit (its box times /UserUnit), and refused (413) when "
+            "even 30 dpi is over. Bounds the memory of one page (about 15 bytes per pixel)."
+        ),
+    )
+    docai_max_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description=(
+            "Most seconds of work on one document (a /v1/ocr request or one file of an OCR "
+            "job), counted while its pages are being read, not while it waits for its turn; "
+            "over it the read stops with 422 document_time_limit."
+        ),
     )
     docai_concurrency: int = Field(
         default=1,
         ge=1,
-        description="Documents the server reads at once (CPU-bound); other requests wait.",
+        description=(
+            "Pages the server reads at once (CPU-bound). Waiting documents are served page "
+            "by page, tenants in turn, so a long document cannot hold up the others."
+        ),
     )
     docai_extract_model: str = Field(
         default="smollm2-135m-instruct",
@@ -271,7 +298,27 @@ class Settings(BaseSettings):
         description="Largest audio upload to /v1/audio/* in bytes (413 above it).",
     )
     voice_max_audio_seconds: float = Field(
-        default=4 * 3600, gt=0, description="Longest recording accepted, in seconds (400 above)."
+        default=2 * 3600, gt=0,
+        description=(
+            "Longest recording accepted, in seconds: longer gets 400 audio_too_long, from the "
+            "duration its headers declare or as soon as decoding passes it."
+        ),
+    )
+    voice_block_seconds: float = Field(
+        default=120, ge=10, le=3600,
+        description=(
+            "Long audio is decoded and transcribed in blocks of about this many seconds, cut "
+            "at a quiet point (memory grows with the block, about 1 MB per second of speech, "
+            "not with the recording)."
+        ),
+    )
+    voice_decode_concurrency: int = Field(
+        default=2, ge=1,
+        description="Uploads whose audio is checked and decoded at once; others wait their turn.",
+    )
+    voice_decode_queue: int = Field(
+        default=16, ge=0,
+        description="Uploads that may wait for a decoder; beyond that, 429 with Retry-After.",
     )
     voice_compute_type: str = Field(
         default="int8",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 # --------------------------------------------------------------------------
 # Shared pieces
@@ -25,6 +25,22 @@ class _Request(BaseModel):
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+
+def _at_most(limit: int, what: str) -> BeforeValidator:
+    """Refuse a list or object with more than ``limit`` entries before validating any.
+
+    A pydantic length limit is checked after every item is validated: a
+    request with a million stop sequences would cost a second of CPU on the
+    event loop before its 400.
+    """
+
+    def check(value: Any) -> Any:
+        if isinstance(value, list | dict) and len(value) > limit:
+            raise ValueError(f"at most {limit} {what} are accepted, got {len(value)}")
+        return value
+
+    return BeforeValidator(check)
 
 
 class StreamOptions(_Request):
@@ -166,7 +182,10 @@ class ResponseFormat(_Request):
     json_schema: JSONSchemaSpec | None = None
 
 
-Stop = str | list[str] | None
+Stop = Annotated[str | list[str] | None, _at_most(16, "stop sequences")]
+Tools = Annotated[list[Tool] | None, _at_most(128, "tools")]
+LogitBias = Annotated[dict[str, float] | None, _at_most(1024, "logit_bias entries")]
+Metadata = Annotated[dict[str, Any] | None, _at_most(64, "metadata keys")]
 
 
 # --------------------------------------------------------------------------
@@ -193,8 +212,8 @@ class ChatCompletionRequest(_Request):
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    logit_bias: dict[str, float] | None = None
-    tools: list[Tool] | None = None
+    logit_bias: LogitBias = None
+    tools: Tools = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
@@ -206,7 +225,7 @@ class ChatCompletionRequest(_Request):
     top_prompt_logprobs: int | None = None
     guardrails: list[dict[str, Any]] | None = None
     user: str | None = Field(default=None, max_length=200)  # the ledger's subject limit
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata = None
     store: bool | None = None
     service_tier: str | None = None
     prediction: dict[str, Any] | None = None
@@ -386,13 +405,13 @@ class CompletionRequest(_Request):
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logprobs: int | None = Field(default=None, ge=0, le=5)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: LogitBias = None
     echo: bool = False
     suffix: str | None = None
     response_format: ResponseFormat | None = None
     user: str | None = Field(default=None, max_length=200)  # the ledger's subject limit
     # Not in OpenAI's legacy completions; accepted as in chat (task tag for routing, user id).
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata = None
 
 
 class CompletionLogprobs(_Wire):
@@ -439,7 +458,7 @@ class EmbeddingRequest(_Request):
     dimensions: int | None = Field(default=None, ge=1)
     output_dimension: int | None = Field(default=None, ge=1)
     user: str | None = Field(default=None, max_length=200)  # the ledger's subject limit
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata = None
     output_dtype: str | None = None
 
 
@@ -513,14 +532,24 @@ class ErrorResponse(_Wire):
 class TenantCreateRequest(_Request):
     """``POST /v1/admin/tenants``."""
 
-    name: str
+    name: str = Field(max_length=64)
     policy: dict[str, Any] | None = None
 
 
-class KeyCreateRequest(_Request):
-    """``POST /v1/admin/keys``."""
+class PolicyUpdateRequest(_Request):
+    """``PATCH /v1/admin/tenants/{name}/policy``: the fields to change, others kept."""
 
-    tenant: str
+    pii_default: str | None = None
+    pii: dict[str, str] | None = None
+    store_content: bool | None = None
+    retention_days: int | None = None
+    limits: dict[str, int | None] | None = None
+
+
+class KeyCreateRequest(_Request):
+    """``POST /v1/admin/keys`` (operator keys are made on the machine, with the CLI)."""
+
+    tenant: str | None = Field(default=None, max_length=64)
     role: Literal["user", "admin"] = "user"
     expires_in_days: int | None = Field(default=None, ge=1, le=3650)
     models: list[str] | None = None

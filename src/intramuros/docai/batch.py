@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from intramuros.docai.pipeline import DocumentResult, OcrEngine
+from intramuros.docai.pipeline import DEFAULT_MAX_PIXELS, DocumentResult, OcrEngine
 from intramuros.errors import IntramurosError
 from intramuros.fsutil import write_atomic
 
@@ -51,7 +51,7 @@ class BatchOptions:
     pages: list[int] | None = None
     workers: int = 1
     max_pages: int = 1000
-    max_pixels: int = 100_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
     schema: dict[str, Any] | None = None
     schema_name: str = "document"
 
@@ -239,11 +239,14 @@ async def run_batch(
     return summary
 
 
-def parse_pages(text: str | None) -> list[int] | None:
-    """``"0,2,5-7"`` -> ``[0, 2, 5, 6, 7]`` (0-based, as the API); None for no text."""
+def parse_pages(text: str | None, max_pages: int = 10_000) -> list[int] | None:
+    """``"0,2,5-7"`` -> ``[0, 2, 5, 6, 7]`` (0-based, as the API); None for no text.
+
+    ``ValueError`` for a malformed list or an index at or over ``max_pages``.
+    """
     from intramuros.docai.sources import parse_pages as parse
 
-    return parse(text) if text else None
+    return parse(text, max_pages) if text else None
 
 
 def language_list(text: str | None) -> list[str] | None:

@@ -74,7 +74,7 @@ def _reader_args(engine: str, languages: str | None, pages: str | None,
     from intramuros.docai.batch import language_list, parse_pages
 
     try:
-        page_list = parse_pages(pages)
+        page_list = parse_pages(pages, settings.docai_max_pages)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--pages") from None
     return {"ocr": engine, "languages": language_list(languages), "pages": page_list,
@@ -99,7 +99,23 @@ class _Gate:
         self.who = Principal(tenant=tenant, key_id=None, role="admin")
 
     async def __aenter__(self) -> _Gate:
+        import asyncio
+        import dataclasses
+
+        from intramuros.errors import NotFound
+        from intramuros.gate.tables import IMPLICIT_TENANTS
+
         await self.core.start()
+        name = self.who.tenant
+        try:
+            # Records are kept under the tenant's id, not its name.
+            tenant_id = await asyncio.to_thread(self.core.tenants.resolve, name)
+        except NotFound:
+            if name not in IMPLICIT_TENANTS:
+                await self.core.close()
+                raise
+            tenant_id = name
+        self.who = dataclasses.replace(self.who, tenant=tenant_id, tenant_name=name)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

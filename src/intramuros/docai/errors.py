@@ -3,8 +3,10 @@
 All are :class:`~intramuros.errors.ClientError` (the document, not the
 server, is at fault) with a stable ``code`` and ``param="document"``, except
 :class:`OcrUnavailable`, a server-side problem (an extra or a Debian package
-is missing). Callers (the OCR route, the batch runner) match on the class or
-the code, never on the message.
+is missing), and the two ways a read is stopped from outside
+(:class:`ReadCancelled`, :class:`ServerStopping`). Callers (the OCR route,
+the batch runner) match on the class or the code, never on the message.
+Refusals for a limit name the limit and the setting that raises it.
 """
 
 from __future__ import annotations
@@ -55,6 +57,19 @@ class ImageTooLarge(DocumentError):
     code = "image_too_large"
 
 
+class PageTooLarge(ImageTooLarge):
+    """A PDF page whose box (times ``/UserUnit``) is over the pixel limit even at the lowest dpi."""
+
+    code = "page_too_large"
+
+
+class DocumentTimeLimit(DocumentError):
+    """Reading the document took more work time than the per-document limit allows."""
+
+    status = 422
+    code = "document_time_limit"
+
+
 class UnsupportedDocument(DocumentError):
     """Bytes that are neither a PDF nor an image format we read."""
 
@@ -75,6 +90,24 @@ class InvalidOcrOption(DocumentError):
     """An unknown OCR engine or language code."""
 
     code = "invalid_ocr_option"
+
+
+class ReadCancelled(ClientError):
+    """The read was stopped because nobody wants its answer: the client left, the job was cancelled.
+
+    Nobody receives this error; its status (499, nginx's "client closed
+    request") is what the request log and the ledger record.
+    """
+
+    status = 499
+    code = "request_cancelled"
+
+
+class ServerStopping(ServerError):
+    """The read was stopped because the server is shutting down."""
+
+    status = 503
+    code = "server_shutting_down"
 
 
 class OcrUnavailable(ServerError):

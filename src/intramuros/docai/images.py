@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from intramuros.docai.errors import (
@@ -69,7 +68,7 @@ def _check_pixels(size: tuple[int, int], max_pixels: int, filename: str, where: 
         raise ImageTooLarge(
             filename,
             f"{where} is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
-            "(a decompression bomb or an oversized scan)",
+            "pixels per page (--docai-max-pixels; a decompression bomb or an oversized scan)",
         )
 
 
@@ -92,31 +91,47 @@ def open_image(data: bytes, filename: str, max_pixels: int) -> Image.Image:
     return img
 
 
-def frame_count(img: Image.Image) -> int:
-    """How many frames (pages) the image has: TIFF and GIF may have several."""
-    return int(getattr(img, "n_frames", 1))
+def frame_count(img: Image.Image, limit: int) -> int | None:
+    """How many frames (pages) the image has, or None when it has more than ``limit``.
+
+    A TIFF is a chain of page directories; counting them all would walk a
+    chain as long as the file allows, so the walk stops after ``limit + 1``
+    (reading directories only, no pixels). GIF frames are counted without
+    decoding them.
+    """
+    if getattr(img, "format", None) == "TIFF":
+        # One directory at a time: seeking far ahead makes Pillow (12) record a
+        # wrong frame count when the chain ends before.
+        count = 1
+        try:
+            while count <= limit:
+                img.seek(count)
+                count += 1
+        except EOFError:
+            pass
+        finally:
+            img.seek(0)
+        return count if count <= limit else None
+    count = int(getattr(img, "n_frames", 1))
+    return count if count <= limit else None
 
 
-def frames(
-    img: Image.Image, indexes: list[int], filename: str, max_pixels: int
-) -> Iterator[Image.Image]:
-    """The frames at ``indexes``, decoded to 8-bit grayscale by :func:`to_gray`."""
+def frame(img: Image.Image, index: int, filename: str, max_pixels: int) -> Image.Image:
+    """Frame ``index``, its size checked from its header, then decoded by :func:`to_gray`."""
     from PIL import Image
 
-    for i in indexes:
-        try:
-            img.seek(i)
-            _check_pixels(img.size, max_pixels, filename, f"page {i} of the image")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                frame = to_gray(img)
-        except Image.DecompressionBombError as exc:
-            raise ImageTooLarge(filename, f"page {i} is too large to decode ({exc})") from exc
-        except (OSError, ValueError, SyntaxError, EOFError) as exc:
-            raise InvalidDocument(
-                filename, f"page {i} of the image is corrupted or truncated ({exc})"
-            ) from exc
-        yield frame
+    try:
+        img.seek(index)
+        _check_pixels(img.size, max_pixels, filename, f"page {index} of the image")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return to_gray(img)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(filename, f"page {index} is too large to decode ({exc})") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise InvalidDocument(
+            filename, f"page {index} of the image is corrupted or truncated ({exc})"
+        ) from exc
 
 
 def to_gray(img: Image.Image) -> Image.Image:

@@ -12,6 +12,11 @@ done is redone. One bad file fails its item, never the job.
 Statuses: ``queued`` -> ``running`` -> ``completed`` (even when some items
 failed: see ``request_counts``), or ``cancelling`` -> ``cancelled``, or
 ``failed`` (the job itself could not run, e.g. its key was revoked).
+
+While a file is read, a watcher beats the heartbeat every second and stops
+the read (between pages and OCR steps) once the job is cancelled; the file
+being read stays pending. Files share the readers with ``/v1/ocr`` requests,
+page by page and tenants in turn (see :mod:`intramuros.docai.fair`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from intramuros.docai import protocol as dp
+from intramuros.docai.control import ReadControl
+from intramuros.docai.errors import ReadCancelled, ServerStopping
 from intramuros.docai.tables import docai_job_items, docai_jobs
 from intramuros.errors import IntramurosError, NotFound
 from intramuros.gate.tenants import Principal
@@ -41,6 +48,7 @@ log = logging.getLogger(__name__)
 
 STALE_SECONDS = 120.0
 _IDLE_POLL = 2.0
+_WATCH_S = 1.0  # heartbeat and cancel check while a file is read
 _AAD_PREFIX = b"intramuros-ocr-job-item/1\n"
 
 
@@ -65,6 +73,7 @@ class JobRunner:
         self.worker = f"{socket.gethostname()[:30]}:{os.getpid()}:{secrets.token_hex(3)}"
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
+        self._controls: dict[str, ReadControl] = {}  # running job -> its current read
 
     async def start(self) -> None:
         """Start the runner task (it picks up queued and orphaned jobs)."""
@@ -142,7 +151,9 @@ class JobRunner:
         return dp.OCRJobList(data=jobs, has_more=len(found) > limit)
 
     async def cancel(self, who: Principal, job_id: str) -> dp.OCRJob:
-        """Cancel a queued job now, a running one after its current file."""
+        """Cancel a queued job now; a running one stops reading its current file at the
+        next step (the file stays pending), at once when this server runs it, else at its
+        runner's next heartbeat."""
 
         def update() -> None:
             self._row(who.tenant, job_id)
@@ -154,6 +165,9 @@ class JobRunner:
                                             if new == "cancelled" else {})))  # fmt: skip
 
         await asyncio.to_thread(update)
+        running = self._controls.get(job_id)
+        if running is not None:
+            running.cancel(ReadCancelled(f"The OCR job {job_id} was cancelled."))
         return await self.get(who, job_id)
 
     async def results(self, who: Principal, job_id: str, *, after: int = -1,
@@ -282,22 +296,52 @@ class JobRunner:
                 await asyncio.to_thread(self._set, job_id, status="cancelled",
                                         completed_at=time.time())  # fmt: skip
                 return
+            # A read stopped by the job's cancellation leaves its file pending; the
+            # next turn of this loop then finds the job cancelling and ends it.
             await self._run_item(who, job_id, index, file_id, opts)
+        status = await asyncio.to_thread(self._set, job_id)
+        left: list[Any] = await asyncio.to_thread(pending)
+        if status == "cancelling" and left:
+            await asyncio.to_thread(self._set, job_id, status="cancelled",
+                                    completed_at=time.time())  # fmt: skip
+            return
         await asyncio.to_thread(self._finish, job_id)
 
+    async def _watch(self, job_id: str, control: ReadControl) -> None:
+        """While an item is read: beat the job's heartbeat (a long document must not look
+        like a dead server's) and stop the read when the job is cancelled."""
+        while not control.cancelled:
+            await asyncio.sleep(_WATCH_S)
+            try:
+                status = await asyncio.to_thread(self._set, job_id)
+            except IntramurosError as exc:  # the database is away: try again next beat
+                log.warning("OCR job %s heartbeat: %s", job_id, exc.message)
+                continue
+            if status in ("cancelling", "cancelled"):
+                control.cancel(ReadCancelled(f"The OCR job {job_id} was cancelled."))
+
     async def _run_item(self, who: Principal, job_id: str, index: int, file_id: str,
-                        opts: Any) -> None:  # fmt: skip
+                        opts: Any) -> bool:  # fmt: skip
+        """Read one file of a job and store its outcome; False when the read was stopped
+        (the job cancelled, the server stopping): the item stays pending."""
         store = self.service.files
         values: dict[str, Any]
+        control = self.service.control(file_id)
+        self._controls[job_id] = control
+        watch = asyncio.create_task(self._watch(job_id, control))
         try:
             record, data = await asyncio.to_thread(store.read, who.tenant, file_id)
+            control.filename = record.filename
             response = await self.service.process(who, data, filename=record.filename,
-                                                  opts=opts, source="job")  # fmt: skip
+                                                  opts=opts, source="job",
+                                                  control=control)  # fmt: skip
             plain = response.model_dump_json().encode("utf-8")
             version, nonce, ciphertext = store.keys.seal(plain, item_aad(job_id, index,
                                                                          who.tenant))  # fmt: skip
             values = {"status": "succeeded", "pages": len(response.pages),
                       "key_version": version, "nonce": nonce, "result": ciphertext}  # fmt: skip
+        except (ReadCancelled, ServerStopping):
+            return False
         except IntramurosError as exc:
             error = {"code": exc.code, "message": exc.message, "param": exc.param,
                      "type": exc.type}  # fmt: skip
@@ -306,6 +350,10 @@ class JobRunner:
             log.exception("OCR job %s item %d failed", job_id, index)
             values = {"status": "failed", "error": json.dumps(
                 {"code": "internal_error", "message": type(exc).__name__})}  # fmt: skip
+        finally:
+            watch.cancel()
+            if self._controls.get(job_id) is control:
+                del self._controls[job_id]
 
         def store_item() -> None:
             with self.db.begin() as conn:
@@ -321,6 +369,7 @@ class JobRunner:
                 ))  # fmt: skip
 
         await asyncio.to_thread(store_item)
+        return True
 
     def _finish(self, job_id: str) -> None:
         with self.db.begin() as conn:

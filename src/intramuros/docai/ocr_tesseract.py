@@ -18,7 +18,10 @@ import io
 import os
 import shutil
 import subprocess
+import threading
+import time
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 LANGUAGES = ("eng", "fra", "deu", "ita", "spa", "ell", "grc")
 GREEK = frozenset({"ell", "grc"})
 TIMEOUT_S = 180.0  # one page; a pathological image must not hold a worker forever
+_POLL_S = 0.2  # how often a running Tesseract is checked for a cancelled read
 
 
 @dataclass
@@ -105,24 +109,60 @@ def check_languages(langs: list[str], filename: str = "document") -> str:
     return "+".join(langs)
 
 
-def ocr(image: Image.Image, langs: list[str], dpi: int, filename: str = "document") -> OcrPage:
+def run_tesseract(args: list[str], data: bytes, checkpoint: Callable[[], None] | None) -> tuple[
+        int, bytes, bytes]:  # fmt: skip
+    """Run Tesseract on ``data``: ``(exit status, stdout, stderr)``.
+
+    A helper thread feeds stdin and collects the output (``communicate``
+    with a timeout cannot resume writing its input when called again); this
+    thread polls: when ``checkpoint`` raises (the read was cancelled or ran
+    out of time), or after ``TIMEOUT_S``, Tesseract is killed at once.
+    """
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")  # parallelism is across pages, not inside
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)  # fmt: skip
+    outcome: list[tuple[bytes, bytes]] = []
+    talker = threading.Thread(target=lambda: outcome.append(proc.communicate(data)),
+                              name="tesseract-io", daemon=True)  # fmt: skip
+    talker.start()
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while True:
+            talker.join(_POLL_S)
+            if not talker.is_alive():
+                break
+            if checkpoint is not None:
+                checkpoint()
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(args, TIMEOUT_S)
+    finally:
+        if talker.is_alive():  # stopped early: end the process, then its reader
+            proc.kill()
+            talker.join()
+    if not outcome:
+        raise OcrUnavailable("Tesseract's output could not be read.")
+    out, err = outcome[0]
+    return proc.returncode, out, err
+
+
+def ocr(image: Image.Image, langs: list[str], dpi: int, filename: str = "document", *,
+        checkpoint: Callable[[], None] | None = None) -> OcrPage:  # fmt: skip
     """Read ``image`` (mode L) with Tesseract in ``langs``; word boxes in image pixels."""
     lang = check_languages(langs, filename)
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=1)
-    env = dict(os.environ, OMP_THREAD_LIMIT="1")  # parallelism is across pages, not inside
     exe = shutil.which("tesseract") or "tesseract"
     try:
-        proc = subprocess.run(
+        code, out, err = run_tesseract(
             [exe, "stdin", "stdout", "-l", lang, "--psm", "3", "--dpi", str(dpi), "tsv"],
-            input=buf.getvalue(), capture_output=True, timeout=TIMEOUT_S, env=env, check=False,
+            buf.getvalue(), checkpoint,
         )
     except subprocess.TimeoutExpired as exc:
         raise OcrUnavailable(f"Tesseract took longer than {TIMEOUT_S:.0f} s on one page.") from exc
-    if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
-        raise OcrUnavailable(f"Tesseract failed (exit {proc.returncode}): {err[0]}")
-    return parse_tsv(proc.stdout.decode("utf-8", errors="replace"), lang)
+    if code != 0:
+        last = err.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
+        raise OcrUnavailable(f"Tesseract failed (exit {code}): {last[0]}")
+    return parse_tsv(out.decode("utf-8", errors="replace"), lang)
 
 
 def parse_tsv(tsv: str, lang: str) -> OcrPage:
@@ -157,7 +197,8 @@ def parse_tsv(tsv: str, lang: str) -> OcrPage:
 
 
 
-def detect_rotation(image: Image.Image, dpi: int) -> int:
+def detect_rotation(image: Image.Image, dpi: int,
+                    checkpoint: Callable[[], None] | None = None) -> int:
     """Degrees (90, 180, 270) the page must turn clockwise to be upright; 0 if it is or unknown.
 
     Tesseract's orientation detection (``--psm 0``, the ``osd`` data); a
@@ -168,15 +209,13 @@ def detect_rotation(image: Image.Image, dpi: int) -> int:
         return 0
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=1)
-    env = dict(os.environ, OMP_THREAD_LIMIT="1")
     try:
-        proc = subprocess.run([exe, "stdin", "stdout", "--psm", "0", "--dpi", str(dpi)],
-                              input=buf.getvalue(), capture_output=True, timeout=TIMEOUT_S,
-                              env=env, check=False)
+        _code, out, _err = run_tesseract([exe, "stdin", "stdout", "--psm", "0", "--dpi", str(dpi)],
+                                buf.getvalue(), checkpoint)  # fmt: skip
     except subprocess.TimeoutExpired:
         return 0
     rotate, conf = 0, 0.0
-    for line in proc.stdout.decode(errors="replace").splitlines():
+    for line in out.decode(errors="replace").splitlines():
         key, _, value = line.partition(":")
         try:
             if key == "Rotate":

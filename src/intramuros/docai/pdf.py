@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import re
 import threading
 import unicodedata
@@ -29,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 from intramuros.docai.errors import (
     DocumentEmpty,
     DocumentEncrypted,
-    ImageTooLarge,
     InvalidDocument,
     OcrUnavailable,
+    PageTooLarge,
 )
 from intramuros.docai.layout import Box, layout_markdown
 
@@ -221,32 +222,64 @@ def text_markdown(page: TextPage) -> str:
     return layout_markdown(page.boxes, col_gap=18.0)
 
 
+def user_unit(plumber_page: Any) -> float:
+    """The page's ``/UserUnit`` (the size of one unit in 1/72 inch; PDF 1.6), 1.0 if none or odd."""
+    try:
+        from pdfminer.pdftypes import resolve1
+
+        value = float(resolve1(plumber_page.page_obj.attrs.get("UserUnit", 1.0)))
+    except Exception:  # a malformed value: the default, as PDF readers do
+        return 1.0
+    return value if math.isfinite(value) and value > 0 else 1.0
+
+
 def fit_dpi(width_pt: float, height_pt: float, dpi: int, max_pixels: int, filename: str,
-            index: int) -> int:
-    """``dpi``, lowered if needed so the rendered page stays within ``max_pixels``."""
-    px = (width_pt * dpi / 72) * (height_pt * dpi / 72)
+            index: int, unit: float = 1.0) -> int:
+    """``dpi``, lowered if needed so the rendered page stays within ``max_pixels``.
+
+    The page is ``width_pt`` x ``height_pt`` units of ``unit``/72 inch (its box
+    and ``/UserUnit``). Checked before anything is rendered: a page that does
+    not fit even at ``MIN_DPI`` is refused (``PageTooLarge``).
+    """
+    w_in, h_in = width_pt * unit / 72, height_pt * unit / 72
+    if not (math.isfinite(w_in) and math.isfinite(h_in)) or w_in <= 0 or h_in <= 0:
+        raise InvalidDocument(filename, f"page {index} has no area (its page box is empty)")
+    px = (w_in * dpi) * (h_in * dpi)
     if px <= max_pixels:
         return dpi
     fitted = int(dpi * (max_pixels / px) ** 0.5)
     if fitted < MIN_DPI:
-        raise ImageTooLarge(
+        scaled = f" (its box times /UserUnit {unit:g})" if unit != 1.0 else ""
+        raise PageTooLarge(
             filename,
-            f"page {index} is {width_pt / 72:.0f} x {height_pt / 72:.0f} inches: even at "
-            f"{MIN_DPI} dpi it is over the limit of {max_pixels:,} pixels",
+            f"page {index} is {w_in:.0f} x {h_in:.0f} inches{scaled}: even at {MIN_DPI} dpi "
+            f"it is {w_in * MIN_DPI * h_in * MIN_DPI:,.0f} pixels, over the limit of "
+            f"{max_pixels:,} pixels per page (--docai-max-pixels)",
         )
     return fitted
 
 
-def render(doc: Any, index: int, dpi: int, filename: str = "document") -> Image.Image:
-    """Page ``index`` rendered to a grayscale image at ``dpi``."""
+def render(doc: Any, index: int, dpi: int, filename: str = "document", *, unit: float = 1.0,
+           max_pixels: int | None = None) -> Image.Image:
+    """Page ``index`` rendered to a grayscale image at ``dpi`` (of ``unit``/72-inch units).
+
+    PDFium ignores ``/UserUnit``: the scale carries it. With ``max_pixels``,
+    the bitmap's size is checked against it once more before PDFium allocates it.
+    """
     pdfium = _pdfium()
+    scale = dpi * unit / 72
     with PDFIUM_LOCK:
         try:
             page = doc[index]
         except pdfium.PdfiumError as exc:
             raise InvalidDocument(filename, f"page {index} of the PDF is damaged") from exc
         try:
-            bitmap = page.render(scale=dpi / 72, grayscale=True)
+            if max_pixels is not None:
+                w, h = page.get_size()
+                if math.ceil(w * scale) * math.ceil(h * scale) > max_pixels * 1.01 + 4096:
+                    raise PageTooLarge(filename, f"page {index} would render to more than "
+                                       f"{max_pixels:,} pixels (--docai-max-pixels)")
+            bitmap = page.render(scale=scale, grayscale=True)
             return bitmap.to_pil().convert("L")  # type: ignore[no-any-return]
         except pdfium.PdfiumError as exc:
             raise InvalidDocument(filename, f"page {index} of the PDF cannot be rendered") \

@@ -59,14 +59,20 @@ Other behaviour callers rely on:
 * Errors: see ``intramuros.docai.errors`` (all ``ClientError`` with
   ``param="document"``, except ``OcrUnavailable``, a 503).
 
-Added (optional) parameter: ``ocr_dpi`` (default 300), the resolution PDF
-pages are rendered at for OCR.
+Added (optional) parameters: ``ocr_dpi`` (default 300), the resolution PDF
+pages are rendered at for OCR; ``checkpoint``, called between pages and
+between the steps of a page, which raises to stop the read (a cancelled
+request, a work-time limit: see :mod:`intramuros.docai.control`). For reading
+page by page under a scheduler, :func:`open_document` returns the open
+document; :func:`read_document` is a loop over it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -93,6 +99,13 @@ if TYPE_CHECKING:
     from PIL import Image
 
 OcrEngine = Literal["auto", "rapidocr", "tesseract", "none"]
+# Called between pages and between the steps of a page; raises to stop the read.
+Checkpoint = Callable[[], None]
+# Most pixels of one page image. A page being OCR'd costs about 15 bytes per
+# pixel at its peak (grayscale, the RGB copy RapidOCR takes, deskew, table
+# rules), so this bounds one page's memory to a few hundred MB; an A4 page at
+# 300 dpi is 8.7 M pixels, A3 17.4 M.
+DEFAULT_MAX_PIXELS = 25_000_000
 ENGINES = ("auto", "rapidocr", "tesseract", "none")
 # Greek pages in auto mode: polytonic model first, then modern Greek, then
 # English for the Latin bits (numbers, percent signs, names): the best mean
@@ -151,8 +164,9 @@ def read_document(
     languages: Sequence[str] | None = None,
     include_images: bool = False,
     max_pages: int = 1000,
-    max_pixels: int = 100_000_000,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     ocr_dpi: int = 300,
+    checkpoint: Checkpoint | None = None,
 ) -> DocumentResult:
     """Read ``data`` into markdown pages (synchronous, CPU-bound: call it in a worker thread).
 
@@ -161,9 +175,45 @@ def read_document(
     ``none`` never OCRs). ``languages``: Tesseract language codes (``eng``,
     ``fra``, ``deu``, ``ita``, ``spa``, ``ell``, ``grc``); None: detect/default.
     ``max_pages``: a document with more pages is refused (``TooManyPages``),
-    whatever ``pages`` asks for. ``max_pixels``: an image (or TIFF frame) over
-    it is refused (``ImageTooLarge``); PDF pages are rendered at a lower dpi
-    to fit. ``ocr_dpi``: rendering resolution of PDF pages for OCR.
+    whatever ``pages`` asks for. ``max_pixels``: the most pixels of one page
+    image: an image (or TIFF frame) over it is refused (``ImageTooLarge``),
+    checked from its header before decoding; a PDF page is rendered at a lower
+    dpi to fit (its box times ``/UserUnit``), and refused (``PageTooLarge``)
+    when even 30 dpi is over. ``ocr_dpi``: rendering resolution of PDF pages
+    for OCR. ``checkpoint``: called between pages and between the steps of a
+    page; it raises to stop the read (see :mod:`intramuros.docai.control`).
+    """
+    doc = open_document(data, filename=filename, pages=pages, ocr=ocr, languages=languages,
+                        include_images=include_images, max_pages=max_pages,
+                        max_pixels=max_pixels, ocr_dpi=ocr_dpi, checkpoint=checkpoint)
+    try:
+        out = []
+        for i in doc.wanted:
+            doc.check()
+            out.append(doc.read_page(i))
+        return doc.result(out)
+    finally:
+        doc.close()
+
+
+def open_document(
+    data: bytes,
+    *,
+    filename: str = "document",
+    pages: Sequence[int] | None = None,
+    ocr: OcrEngine = "auto",
+    languages: Sequence[str] | None = None,
+    include_images: bool = False,
+    max_pages: int = 1000,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    ocr_dpi: int = 300,
+    checkpoint: Checkpoint | None = None,
+) -> OpenDocument:
+    """``data`` opened for reading page by page (options as :func:`read_document`).
+
+    The caller reads ``doc.wanted`` with ``doc.read_page(i)`` (each call in
+    any worker thread, one at a time) and must call ``doc.close()``. Opening
+    checks the options, the type, the page count and the pages asked for.
     """
     if ocr not in ENGINES:
         raise InvalidOcrOption(filename, f"unknown OCR engine '{ocr}'; use one of "
@@ -179,92 +229,156 @@ def read_document(
             raise InvalidOcrOption(filename, f"unknown OCR language '{lang}'; known: "
                                    f"{', '.join(LANGUAGES)}", param="languages")
     mime = imgs.sniff(data, filename)
-    reader = _Reader(filename, ocr, langs, max_pixels, include_images)
-    if mime == "application/pdf":
-        results, count = _read_pdf(data, reader, pages, max_pages, ocr_dpi)
-    else:
-        results, count = _read_image(data, reader, pages, max_pages)
-    return DocumentResult(pages=results, page_count=count, mime_type=mime,
-                          size_bytes=len(data))
+    reader = _Reader(filename, ocr, langs, max_pixels, include_images, checkpoint)
+    doc = OpenDocument(data, mime, reader, ocr_dpi)
+    try:
+        if mime == "application/pdf":
+            doc.open_pdf(pages, max_pages)
+        else:
+            doc.open_image(pages, max_pages)
+        doc.check()
+    except BaseException:
+        doc.close()
+        raise
+    return doc
+
+
+class OpenDocument:
+    """One document, open: what it is, which pages to read, and how to read each.
+
+    ``read_page`` and ``close`` hold the document's lock, so a ``close`` from
+    one thread waits for a page being read in another (PDFium must not free a
+    document under a page being rendered).
+    """
+
+    def __init__(self, data: bytes, mime: str, reader: _Reader, ocr_dpi: int) -> None:
+        self.data = data
+        self.mime_type = mime
+        self.filename = reader.filename
+        self.page_count = 0
+        self.wanted: list[int] = []
+        self._reader = reader
+        self._ocr_dpi = ocr_dpi
+        self._lock = threading.Lock()
+        self._stack = contextlib.ExitStack()
+        self._pdf: Any = None
+        self._plumber: Any = None
+        self._image: Image.Image | None = None
+        self._image_dpi = 300
+        self._closed = False
+
+    def check(self) -> None:
+        """Run the caller's checkpoint (it raises to stop the read)."""
+        self._reader.check()
+
+    def open_pdf(self, pages: Sequence[int] | None, max_pages: int) -> None:
+        self._pdf = self._stack.enter_context(pdfmod.open_pdf(self.data, self.filename))
+        self.page_count = pdfmod.page_count(self._pdf)
+        self.wanted = _select(pages, self.page_count, max_pages, self.filename)
+        self.check()
+        self._plumber = self._stack.enter_context(pdfmod.open_plumber(self.data))
+
+    def open_image(self, pages: Sequence[int] | None, max_pages: int) -> None:
+        reader = self._reader
+        self._image = imgs.open_image(self.data, self.filename, reader.max_pixels)
+        self._stack.callback(self._image.close)
+        count = imgs.frame_count(self._image, max_pages)
+        if count is None:
+            raise TooManyPages(self.filename, f"it has more than {max_pages} pages, the limit "
+                               "(--docai-max-pages)")
+        self.page_count = count
+        self.wanted = _select(pages, self.page_count, max_pages, self.filename)
+        self._image_dpi = imgs.image_dpi(self._image)
+
+    def read_page(self, i: int) -> PageResult:
+        """Page ``i`` (one of ``wanted``), read."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the document is closed")
+            reader = self._reader
+            reader.check()
+            if self._image is not None:
+                frame = imgs.frame(self._image, i, self.filename, reader.max_pixels)
+                return reader.ocr_page(i, frame, self._image_dpi)
+            tp, unit = None, 1.0
+            if self._plumber is not None:
+                try:
+                    page = self._plumber.pages[i]
+                    try:
+                        unit = pdfmod.user_unit(page)
+                        tp = pdfmod.read_text_layer(page, reader.include_images)
+                    finally:
+                        page.close()  # drop pdfminer's parsed objects: long PDFs
+                except Exception:  # pdfminer on a damaged page: fall back to OCR
+                    tp = None
+            reader.check()
+            return reader.pdf_page(self._pdf, i, tp, self._ocr_dpi, unit)
+
+    def result(self, pages: list[PageResult]) -> DocumentResult:
+        """The document's result from its pages, read."""
+        return DocumentResult(pages=pages, page_count=self.page_count, mime_type=self.mime_type,
+                              size_bytes=len(self.data))
+
+    def close(self) -> None:
+        """Free the document (after a page being read, if one is)."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._stack.close()
 
 
 def _select(pages: Sequence[int] | None, count: int, max_pages: int, filename: str) -> list[int]:
     if count > max_pages:
-        raise TooManyPages(filename, f"it has {count} pages, over the limit of {max_pages}")
+        raise TooManyPages(filename, f"it has {count} pages, over the limit of {max_pages} "
+                           "(--docai-max-pages)")
     if pages is None:
         return list(range(count))
     out: list[int] = []
+    seen: set[int] = set()
     for p in pages:
         if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p < count:
             raise InvalidPages(filename, f"page {p!r} does not exist: the document has "
                                f"{count} page{'s' if count != 1 else ''} (0 to {count - 1})")
-        if p not in out:
+        if p not in seen:
+            seen.add(p)
             out.append(p)
     return out
-
-
-def _read_pdf(data: bytes, reader: _Reader, pages: Sequence[int] | None, max_pages: int,
-              ocr_dpi: int) -> tuple[list[PageResult], int]:
-    out: list[PageResult] = []
-    with pdfmod.open_pdf(data, reader.filename) as doc:
-        count = pdfmod.page_count(doc)
-        wanted = _select(pages, count, max_pages, reader.filename)
-        with pdfmod.open_plumber(data) as plumber:
-            for i in wanted:
-                tp = None
-                if plumber is not None:
-                    try:
-                        page = plumber.pages[i]
-                        try:
-                            tp = pdfmod.read_text_layer(page, reader.include_images)
-                        finally:
-                            page.close()  # drop pdfminer's parsed objects: long PDFs
-                    except Exception:  # pdfminer on a damaged page: fall back to OCR
-                        tp = None
-                out.append(reader.pdf_page(doc, i, tp, ocr_dpi))
-    return out, count
-
-
-def _read_image(data: bytes, reader: _Reader, pages: Sequence[int] | None,
-                max_pages: int) -> tuple[list[PageResult], int]:
-    img = imgs.open_image(data, reader.filename, reader.max_pixels)
-    count = imgs.frame_count(img)
-    wanted = _select(pages, count, max_pages, reader.filename)
-    dpi = imgs.image_dpi(img)
-    out = []
-    for i, frame in zip(wanted, imgs.frames(img, wanted, reader.filename, reader.max_pixels),
-                        strict=True):
-        out.append(reader.ocr_page(i, frame, dpi))
-    return out, count
 
 
 class _Reader:
     """Reads pages of one document with one set of options."""
 
     def __init__(self, filename: str, ocr: str, langs: list[str], max_pixels: int,
-                 include_images: bool) -> None:
+                 include_images: bool, checkpoint: Checkpoint | None = None) -> None:
         self.filename = filename
         self.ocr = ocr
         self.langs = langs
         self.max_pixels = max_pixels
         self.include_images = include_images
+        self.checkpoint = checkpoint
         # The document's script, once known (from a text layer or a first OCR
         # pass): later pages of a Greek document go straight to Tesseract.
         self.greek = False
 
-    def pdf_page(self, doc: Any, i: int, tp: pdfmod.TextPage | None, ocr_dpi: int) -> PageResult:
-        if tp is None:
-            w, h = pdfmod.page_size(doc, i)
-        else:
-            w, h = tp.width, tp.height
+    def check(self) -> None:
+        if self.checkpoint is not None:
+            self.checkpoint()
+
+    def pdf_page(self, doc: Any, i: int, tp: pdfmod.TextPage | None, ocr_dpi: int,
+                 unit: float = 1.0) -> PageResult:
+        # What PDFium renders: the page box it uses (its size, rotation applied),
+        # scaled by /UserUnit here (PDFium ignores it; see pdf.render).
+        box_w, box_h = pdfmod.page_size(doc, i)
+        w, h = (box_w, box_h) if tp is None else (tp.width, tp.height)
         if tp is not None and (tp.usable or self.ocr == "none"):
             if tp.usable and greek_share(tp.text) >= GREEK_SHARE:
                 self.greek = True
             md = pdfmod.text_markdown(tp)
             images: list[PageImage] = []
             if self.include_images and tp.images:
-                dpi = pdfmod.fit_dpi(w, h, 150, self.max_pixels, self.filename, i)
-                page_img = pdfmod.render(doc, i, dpi, self.filename)
+                dpi = pdfmod.fit_dpi(box_w, box_h, 150, self.max_pixels, self.filename, i, unit)
+                page_img = pdfmod.render(doc, i, dpi, self.filename, unit=unit,
+                                         max_pixels=self.max_pixels)
                 for n, bb in enumerate(tp.images):
                     images.append(PageImage(
                         id=f"img-{n}.jpeg", top_left_x=round(bb[0]), top_left_y=round(bb[1]),
@@ -277,26 +391,34 @@ class _Reader:
         if self.ocr == "none":  # no text layer could be read at all
             return PageResult(index=i, markdown="", width=round(w), height=round(h), dpi=72,
                               method="text-layer", confidence=0.0)
-        dpi = pdfmod.fit_dpi(w, h, ocr_dpi, self.max_pixels, self.filename, i)
-        return self.ocr_page(i, pdfmod.render(doc, i, dpi, self.filename), dpi)
+        # The pixel budget is checked on the page box before anything is rendered.
+        dpi = pdfmod.fit_dpi(box_w, box_h, ocr_dpi, self.max_pixels, self.filename, i, unit)
+        image = pdfmod.render(doc, i, dpi, self.filename, unit=unit, max_pixels=self.max_pixels)
+        return self.ocr_page(i, image, dpi)
 
     def ocr_page(self, i: int, image: Image.Image, dpi: int) -> PageResult:
         if self.ocr == "none":
             return PageResult(index=i, markdown="", width=image.width, height=image.height,
                               dpi=dpi, method="none", confidence=0.0)
+        self.check()
         upright, _angle = deskew(image)
+        self.check()
         engine, page = self._run_ocr(upright, dpi)
+        self.check()
         if page.confidence < TURN_CHECK_BELOW:
             # Low confidence: maybe a page scanned sideways or upside down.
             from intramuros.docai import ocr_tesseract
 
-            turn = ocr_tesseract.detect_rotation(upright, dpi)
+            turn = ocr_tesseract.detect_rotation(upright, dpi, self.checkpoint)
             if turn:
                 # Deskew again: the first pass measured skew on a sideways page.
+                self.check()
                 turned, _angle = deskew(image.rotate(-turn, expand=True, fillcolor=255))
+                self.check()
                 engine2, page2 = self._run_ocr(turned, dpi)
                 if page2.confidence > page.confidence:
                     upright, engine, page = turned, engine2, page2
+            self.check()
         md = ocr_markdown(upright, page, dpi)
         return PageResult(index=i, markdown=md, width=image.width, height=image.height, dpi=dpi,
                           method=f"ocr-{engine}", confidence=round(page.confidence, 3),
@@ -312,7 +434,9 @@ class _Reader:
             from PIL import ImageFilter
 
             clean = image.filter(ImageFilter.MedianFilter(3)) if dpi >= 200 else image
-            return "tesseract", ocr_tesseract.ocr(clean, langs, dpi, self.filename)
+            self.check()
+            return "tesseract", ocr_tesseract.ocr(clean, langs, dpi, self.filename,
+                                                  checkpoint=self.checkpoint)
 
         if self.ocr == "tesseract":
             return tesseract(self.langs or ["eng"])
@@ -343,6 +467,7 @@ class _Reader:
             self.greek = greek_share(" ".join(b.text for b in first.boxes)) >= GREEK_SHARE
             if not self.greek:
                 return "rapidocr", first
+            self.check()
         return tesseract(list(AUTO_GREEK))
 
 

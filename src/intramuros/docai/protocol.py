@@ -9,9 +9,28 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from intramuros.api.protocol import ResponseFormat
+
+# Bounds of ``pages`` before anything is parsed (a document never has more than
+# ``docai_max_pages`` pages anyway): the list form's length, the string form's
+# length in characters and number of ranges.
+MAX_PAGE_ITEMS = 10_000
+MAX_PAGES_TEXT = 65_536
+Pages = (int | Annotated[list[int], Field(max_length=MAX_PAGE_ITEMS)]
+         | Annotated[str, Field(max_length=MAX_PAGES_TEXT)] | None)  # fmt: skip
+
+
+
+def bounded_pages(value: Any) -> Any:
+    """Refuse an oversized ``pages`` with one clear error before the union is tried."""
+    if isinstance(value, list) and len(value) > MAX_PAGE_ITEMS:
+        raise ValueError(f"pages lists {len(value):,} page indexes; at most {MAX_PAGE_ITEMS:,}")
+    if isinstance(value, str) and len(value) > MAX_PAGES_TEXT:
+        raise ValueError(f"pages is {len(value):,} characters long; at most {MAX_PAGES_TEXT:,}")
+    return value
+
 
 # OpenAI's purposes, plus Mistral's ``ocr``.
 PURPOSES = (
@@ -115,7 +134,7 @@ class OCRRequest(_Request):
     model: str | None = None
     id: str | None = None
     document: Document
-    pages: int | list[int] | str | None = None
+    pages: Pages = None
     include_image_base64: bool | None = None
     image_limit: int | None = Field(default=None, ge=0)
     image_min_size: int | None = Field(default=None, ge=0)
@@ -128,6 +147,8 @@ class OCRRequest(_Request):
     include_blocks: bool | None = None
     confidence_scores_granularity: Literal["word", "page", "block"] | None = None
     languages: list[str] | None = Field(default=None, max_length=8)
+
+    _pages = field_validator("pages", mode="before")(bounded_pages)
 
 
 class OCRImage(_Wire):
@@ -200,12 +221,14 @@ class OCRJobRequest(_Request):
 
     model: str | None = None
     file_ids: list[str] = Field(min_length=1, max_length=1000)
-    pages: int | list[int] | str | None = None
+    pages: Pages = None
     include_image_base64: bool | None = None
     document_annotation_format: ResponseFormat | None = None
     document_annotation_prompt: str | None = Field(default=None, max_length=4000)
     languages: list[str] | None = Field(default=None, max_length=8)
     metadata: dict[str, str] | None = None
+
+    _pages = field_validator("pages", mode="before")(bounded_pages)
 
 
 class RequestCounts(_Wire):

@@ -9,11 +9,13 @@ appends a ``file`` record to the ledger naming the ids, the reason and who
 ran it, so an auditor sees what went and why.
 
 The server runs this on the retention schedule (``purge_interval_seconds``);
-``intramuros purge`` runs it at once.
+``intramuros purge`` runs it at once. :func:`purge_tenant` deletes every file
+and job of a deleted tenant (see :mod:`intramuros.serving.tenancy`).
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 
@@ -23,6 +25,7 @@ from intramuros.docai.tables import docai_job_items, docai_jobs
 from intramuros.files.store import FileStore
 from intramuros.gate.tenants import Tenants
 from intramuros.ledger import Ledger
+from intramuros.serving.tenancy import PurgeContext
 
 # Jobs still queued or running are left for a later purge: their runner owns them.
 _FINISHED = ("completed", "cancelled", "failed")
@@ -56,7 +59,7 @@ def purge_documents(
     for name, ids in store.purge(tenant=tenant, now=moment).items():
         done.setdefault(name, Purged()).files.extend(ids)
         _ledger(ledger, name, actor, "expired", files=ids)
-    for name in [tenant] if tenant else tenants.names():
+    for name in [tenant] if tenant else tenants.ids():
         days = tenants.policy(name).retention_days
         if days is None:
             continue
@@ -97,3 +100,20 @@ def _ledger(
             "file_ids": files[start:start + _IDS_PER_RECORD],
             "job_ids": jobs[start:start + _IDS_PER_RECORD], **extra,
         })  # fmt: skip
+
+
+def purge_tenant(ctx: PurgeContext, tenant: str) -> dict[str, int]:
+    """Delete every file (rows and ciphertexts) and every OCR job of a deleted tenant."""
+    store = FileStore.from_settings(ctx.settings, ctx.db)
+    gone = store.purge(tenant=tenant, created_before=time.time() + 1).get(tenant, [])
+    with ctx.db.begin() as conn:
+        ids = [r[0] for r in conn.execute(
+            sa.select(docai_jobs.c.id).where(docai_jobs.c.tenant == tenant))]
+        for start in range(0, len(ids), _IDS_PER_RECORD):
+            chunk = ids[start:start + _IDS_PER_RECORD]
+            conn.execute(docai_job_items.delete().where(docai_job_items.c.job_id.in_(chunk)))
+            conn.execute(docai_jobs.delete().where(docai_jobs.c.id.in_(chunk)))
+    # Whatever else lies in the tenant's directory (a write cut short) goes with it.
+    shutil.rmtree(store.root / tenant, ignore_errors=True)
+    _ledger(ctx.ledger, tenant, ctx.actor, "tenant_deleted", files=gone, jobs=ids)
+    return {"files": len(gone), "ocr_jobs": len(ids)}

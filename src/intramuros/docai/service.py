@@ -2,22 +2,33 @@
 
 Built once per app from the core service. Every document read is a metered
 call of the gate (``core.begin_call(who, "/v1/ocr", model)`` ... ``end_call``,
-pages and bytes in ``meter.extra``); structured extraction is a chat call
-through ``core.chat``. Reading is CPU-bound: it runs in a worker thread,
-at most ``docai_concurrency`` documents at once.
+pages and bytes in ``meter.extra``, the tenant's personal-data policy applied
+to the text read); structured extraction is a chat call through
+``core.chat``. Reading is CPU-bound: each page (and the opening of a
+document) runs in one of ``docai_concurrency`` reader threads, the slots
+shared fairly among tenants (:mod:`intramuros.docai.fair`); every read can
+be stopped between steps (:mod:`intramuros.docai.control`): its client left,
+its job was cancelled, its work-time budget ran out, the server stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from intramuros.docai import pipeline
 from intramuros.docai import protocol as dp
+from intramuros.docai.control import ReadControl
+from intramuros.docai.errors import ReadCancelled, ServerStopping
 from intramuros.docai.extract import annotation_schema, extract
+from intramuros.docai.fair import FairSlots
 from intramuros.docai.jobs import JobRunner
 from intramuros.docai.pipeline import DocumentResult, OcrEngine
 from intramuros.docai.retention import purge_documents
@@ -33,12 +44,15 @@ from intramuros.errors import IntramurosError, InvalidRequest
 from intramuros.files.errors import DocumentUnreadable, FileTooLarge
 from intramuros.files.names import clean_mime, safe_filename, sniff_mime
 from intramuros.files.store import FileRecord, FileStore
+from intramuros.gate import privacy
 from intramuros.gate.tenants import Principal
+from intramuros.serving.offload import run_cpu
 from intramuros.serving.service import InferenceService
 
 log = logging.getLogger(__name__)
 
 _MULTIPART_SLACK = 1024 * 1024  # form fields and part headers around the file
+_CLIENT_POLL_S = 0.25  # how often a synchronous read checks that its client is still there
 
 
 @dataclass(frozen=True)
@@ -72,12 +86,23 @@ class DocaiService:
             "/v1/ocr": limit * 4 // 3 + _MULTIPART_SLACK,
         }
         self._store: FileStore | None = None
-        self._slots = asyncio.Semaphore(self.settings.docai_concurrency)
+        # Page reads: as many threads as slots, so a waiting document holds no thread
+        # and the reader's per-thread OCR engines are built at most that many times.
+        self.turns = FairSlots(self.settings.docai_concurrency)
+        self._readers = self._reader_pool()
+        self._running: set[ReadControl] = set()
+        self._closed = False
         self.jobs = JobRunner(self)
         core.purge_hooks.append(self.purge)
 
+    def _reader_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=self.settings.docai_concurrency,
+                                  thread_name_prefix="docai-read")  # fmt: skip
+
     async def start(self) -> None:
         """Open the file store (creating its key on first use) and the job runner."""
+        if self._closed:  # started again after close (tests, an embedding app)
+            self._readers, self._closed = self._reader_pool(), False
         self._store = await asyncio.to_thread(FileStore.from_settings, self.settings,
                                               self.core.db)  # fmt: skip
         if "ledger" not in self._store.keys.sets and self.settings.files_key_file is None:
@@ -87,8 +112,14 @@ class DocaiService:
         await self.jobs.start()
 
     async def close(self) -> None:
-        """Stop the job runner (running jobs resume at the next start)."""
+        """Stop every read at its next step, and the job runner (its jobs resume at the next
+        start): a long document does not hold up the server's shutdown."""
+        for control in list(self._running):
+            control.cancel(ServerStopping("The server is shutting down; send the document "
+                                          "again."))  # fmt: skip
         await self.jobs.close()
+        self._readers.shutdown(wait=False, cancel_futures=True)
+        self._closed = True
 
     def purge(self, actor: str) -> None:
         """Delete expired files, and files and jobs past retention (the core's purge hook)."""
@@ -195,8 +226,17 @@ class DocaiService:
             instructions=req.document_annotation_prompt, languages=req.languages,
         )  # fmt: skip
 
-    async def ocr(self, req: dp.OCRRequest, who: Principal) -> dp.OCRResponse:
-        """``POST /v1/ocr``: read a document (inline or a stored file), maybe annotate it."""
+    async def ocr(
+        self, req: dp.OCRRequest, who: Principal, *,
+        disconnected: Callable[[], Awaitable[bool]] | None = None,
+        inline: list[bytes] | None = None,
+    ) -> dp.OCRResponse:  # fmt: skip
+        """``POST /v1/ocr``: read a document (inline or a stored file), maybe annotate it.
+
+        ``disconnected`` (the route's ``request.is_disconnected``) is polled while
+        the document is read: when the client has gone, the read stops.
+        ``inline``: the data URL's payload, cut out of a large body by the route.
+        """
         opts = self.options(req)
         doc = req.document
         if isinstance(doc, dp.FileChunk):
@@ -205,17 +245,35 @@ class DocaiService:
             filename, source = record.filename, "file"
         else:
             url, param, images_only = document_source(doc)
-            _mime, data = decode_data_url(url, param=param, images_only=images_only,
-                                          max_bytes=self.settings.files_max_bytes)  # fmt: skip
+            # Up to files_max_bytes of base64 to check and decode: not on the event loop.
+            _mime, data = await run_cpu(decode_data_url, url, param=param,
+                                        images_only=images_only,
+                                        max_bytes=self.settings.files_max_bytes,
+                                        inline=inline)  # fmt: skip
             name = doc.document_name if isinstance(doc, dp.DocumentURLChunk) else None
             filename, source = safe_filename(name, default="document"), "inline"
-        return await self.process(who, data, filename=filename, opts=opts, source=source)
+        control = self.control(filename)
+        watch = None
+        if disconnected is not None:
+            watch = asyncio.create_task(_watch_client(disconnected, control))
+        try:
+            return await self.process(who, data, filename=filename, opts=opts, source=source,
+                                      control=control)  # fmt: skip
+        finally:
+            if watch is not None:
+                watch.cancel()
+
+    def control(self, filename: str) -> ReadControl:
+        """A new read's cancel flag and work-time budget (``docai_max_seconds``)."""
+        return ReadControl(filename, self.settings.docai_max_seconds)
 
     async def process(
-        self, who: Principal, data: bytes, *, filename: str, opts: OcrOptions, source: str
-    ) -> dp.OCRResponse:
+        self, who: Principal, data: bytes, *, filename: str, opts: OcrOptions, source: str,
+        control: ReadControl | None = None,
+    ) -> dp.OCRResponse:  # fmt: skip
         """Read one document and (if asked) fill the annotation schema from its text."""
-        result = await self.read(who, data, filename=filename, opts=opts, source=source)
+        result = await self.read(who, data, filename=filename, opts=opts, source=source,
+                                 control=control)  # fmt: skip
         response = to_response(result, opts.model, include_images=opts.include_images,
                                image_limit=opts.image_limit,
                                image_min_size=opts.image_min_size)  # fmt: skip
@@ -233,25 +291,35 @@ class DocaiService:
         return response
 
     async def read(
-        self, who: Principal, data: bytes, *, filename: str, opts: OcrOptions, source: str
-    ) -> DocumentResult:
-        """One metered document read, in a worker thread, at most N at once."""
-        meter, _policy = await self.core.begin_call(who, "/v1/ocr", opts.model)
+        self, who: Principal, data: bytes, *, filename: str, opts: OcrOptions, source: str,
+        control: ReadControl | None = None,
+    ) -> DocumentResult:  # fmt: skip
+        """One metered document read, page by page in the readers' threads, tenants in turn.
+
+        The tenant's personal-data policy applies to the text read: a category
+        set to ``block`` refuses the call (400 ``personal_data_blocked``, the
+        decision in the ledger); the client gets the text otherwise (it is the
+        tenant's own document), and whatever is kept in records is redacted.
+        """
+        control = control or self.control(filename)
+        meter, policy = await self.core.begin_call(who, "/v1/ocr", opts.model)
+        self._running.add(control)
         try:
-            async with self._slots:
-                result = await asyncio.to_thread(
-                    pipeline.read_document, data, filename=filename, pages=opts.pages,
-                    ocr=opts.engine, languages=opts.languages,
-                    include_images=opts.include_images,
-                    max_pages=self.settings.docai_max_pages,
-                    max_pixels=self.settings.docai_max_pixels,
-                )  # fmt: skip
+            result = await self._read_pages(who.tenant, data, filename, opts, control)
+            texts = [page.markdown for page in result.pages]
+            decision = await run_cpu(privacy.inspect, texts, policy)
+            meter.pii = decision  # in the ledger record, also when it blocks
+            meter.extra = usage_extra(result, source)
+            decision.enforce("document")
         except IntramurosError as exc:
-            self.core.end_call(meter, exc)
+            await self.core.end_call(meter, exc)
             raise
         except (asyncio.CancelledError, GeneratorExit) as exc:
+            # The request's task was cancelled (the server stops, a caller gave
+            # up): the page being read stops at its next step.
+            control.cancel(ReadCancelled(f"The read of '{filename}' was cancelled."))
             meter.status = 499
-            self.core.end_call(meter, exc)
+            await self.core.end_call(meter, exc)
             raise
         except Exception as exc:
             # A reader failure it did not classify: the document made it fail, so the
@@ -259,8 +327,73 @@ class DocaiService:
             log.exception("reader failed on %s", filename)
             refusal = DocumentUnreadable(f"Cannot read '{filename}': {type(exc).__name__}.",
                                          param="document")  # fmt: skip
-            self.core.end_call(meter, refusal)
+            await self.core.end_call(meter, refusal)
             raise refusal from None
-        meter.extra = usage_extra(result, source)
-        self.core.end_call(meter)
+        finally:
+            self._running.discard(control)
+        if policy.store_content and self.core.ledger.keys is not None:
+            # Kept as the call's output, redacted by the ledger record (for_record).
+            meter.keep_content = True
+            meter.output = [page_text(result)]
+        await self.core.end_call(meter)
         return result
+
+    async def _read_pages(self, tenant: str, data: bytes, filename: str, opts: OcrOptions,
+                          control: ReadControl) -> DocumentResult:  # fmt: skip
+        """Open the document, then read its pages one turn at a time (see ``docai.fair``)."""
+        loop = asyncio.get_running_loop()
+
+        def work(func: Callable[..., Any], *args: Any) -> Any:
+            with control.working():
+                return func(*args)
+
+        control.check()
+        opener = functools.partial(
+            pipeline.open_document, data, filename=filename, pages=opts.pages, ocr=opts.engine,
+            languages=opts.languages, include_images=opts.include_images,
+            max_pages=self.settings.docai_max_pages, max_pixels=self.settings.docai_max_pixels,
+            checkpoint=control.check,
+        )  # fmt: skip
+        async def in_reader(func: Callable[..., Any], *args: Any) -> Any:
+            async with self.turns.turn(tenant):
+                try:
+                    return await loop.run_in_executor(self._readers, work, func, *args)
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if control.cancelled and current is not None and not current.cancelling():
+                        # Not this task cancelled: the pool dropped the work at shutdown.
+                        control.check()  # raises why the read was stopped
+                    raise
+
+        doc = await in_reader(opener)
+        try:
+            pages = []
+            for index in doc.wanted:
+                control.check()
+                pages.append(await in_reader(doc.read_page, index))
+            return cast("DocumentResult", doc.result(pages))
+        finally:
+            # Closed in a reader thread, after a page still being read (its lock).
+            try:
+                self._readers.submit(doc.close)
+            except RuntimeError:  # the pool is shut down: the server is stopping
+                threading.Thread(target=doc.close, daemon=True).start()
+
+
+async def _watch_client(disconnected: Callable[[], Awaitable[bool]],
+                        control: ReadControl) -> None:  # fmt: skip
+    """Cancel the read when the client has disconnected (polled: ASGI has no callback)."""
+    while not control.cancelled:
+        try:
+            gone = await disconnected()
+        except Exception:  # the connection's state cannot be read: leave the read alone
+            return
+        if gone:
+            control.cancel(ReadCancelled("The client closed the connection."))
+            return
+        await asyncio.sleep(_CLIENT_POLL_S)
+
+
+def page_text(result: DocumentResult) -> str:
+    """The document's text as one string, pages apart (what a record may keep)."""
+    return "\n\n".join(f"<!-- page {p.index} -->\n{p.markdown}" for p in result.pages)

@@ -7,7 +7,6 @@ type must be one we read and must agree with the bytes.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 from collections import Counter
@@ -15,9 +14,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from intramuros.docai import protocol as dp
+from intramuros.docai.inline import PLACEHOLDER, b64decode_sliced
 from intramuros.docai.pipeline import DocumentResult, OcrEngine
-from intramuros.errors import InvalidRequest, ModelNotFound
-from intramuros.files.errors import BadDocument, FileTooLarge, RemoteURLRefused
+from intramuros.errors import ModelNotFound
+from intramuros.files.errors import BadDocument, FileTooLarge, InvalidPageList, RemoteURLRefused
 from intramuros.files.names import DOCUMENT_TYPES, IMAGE_TYPES, clean_mime, sniff_mime
 
 # Model names of /v1/ocr and the OCR engine each selects for pages without a
@@ -32,9 +32,8 @@ OCR_MODELS: dict[str, OcrEngine] = {
     "text-layer": "none",
 }
 
-_DATA_URL = re.compile(r"data:([^,]*),(.*)", re.DOTALL | re.IGNORECASE)
+_RANGE = re.compile(r"\s*([0-9]{1,9})\s*(?:-\s*([0-9]{1,9})\s*)?", re.ASCII)
 _REMOTE = re.compile(r"\s*(https?|ftp|file|s3|gs)://", re.IGNORECASE)
-_WS = re.compile(rb"\s+")
 
 
 def ocr_engine(model: str | None) -> tuple[str, OcrEngine]:
@@ -46,46 +45,102 @@ def ocr_engine(model: str | None) -> tuple[str, OcrEngine]:
     return name, engine
 
 
-def parse_pages(text: str) -> list[int]:
-    """``"0,2,5-7"`` -> ``[0, 2, 5, 6, 7]`` (Mistral's string form of ``pages``, 0-based)."""
-    pages: set[int] = set()
-    for part in text.split(","):
-        first, dash, last = part.strip().partition("-")
-        if not first.isdigit() or (dash and not last.isdigit()):
+def parse_page_ranges(text: str) -> list[tuple[int, int]]:
+    """``"5-7,0,2,6"`` -> ``[(0, 0), (2, 2), (5, 7)]``: sorted, merged, never expanded.
+
+    Mistral's string form of ``pages`` (0-based). Bounded before any work: at
+    most ``MAX_PAGES_TEXT`` characters and ``MAX_PAGE_ITEMS`` ranges, each bound
+    an ASCII number of at most 9 digits; ``ValueError`` says what is wrong.
+    """
+    if len(text) > dp.MAX_PAGES_TEXT:
+        raise ValueError(f"the page list is {len(text):,} characters long, over the limit of "
+                         f"{dp.MAX_PAGES_TEXT:,}")
+    parts = text.split(",", dp.MAX_PAGE_ITEMS)
+    if len(parts) > dp.MAX_PAGE_ITEMS:
+        raise ValueError(f"more than {dp.MAX_PAGE_ITEMS:,} page ranges")
+    spans: list[tuple[int, int]] = []
+    for part in parts:
+        match = _RANGE.fullmatch(part)
+        if match is None:
             raise ValueError(f"cannot read page range '{part.strip()[:20]}' (e.g. 0,2,5-7)")
-        lo, hi = int(first), int(last) if dash else int(first)
-        if hi < lo or hi - lo > 100_000:
-            raise ValueError(f"bad page range '{part.strip()[:20]}'")
-        pages.update(range(lo, hi + 1))
-    return sorted(pages)
+        lo = int(match[1])
+        hi = int(match[2]) if match[2] is not None else lo
+        if hi < lo:
+            raise ValueError(f"bad page range '{part.strip()[:20]}' (the end is before the "
+                             "start)")
+        spans.append((lo, hi))
+    return merge_ranges(spans)
+
+
+def merge_ranges(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Inclusive ranges sorted, with overlapping and touching ones merged."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if merged and lo <= merged[-1][1] + 1:
+            if hi > merged[-1][1]:
+                merged[-1] = (merged[-1][0], hi)
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+def parse_pages(text: str, max_pages: int = 10_000) -> list[int]:
+    """``"0,2,5-7"`` -> ``[0, 2, 5, 6, 7]``: ranges expanded once they are known to be bounded.
+
+    ``ValueError`` for a malformed list or a page index at or over
+    ``max_pages`` (no document has that page: it would be refused).
+    """
+    ranges = parse_page_ranges(text)
+    if ranges and ranges[-1][1] >= max_pages:
+        raise ValueError(f"page {ranges[-1][1]} is beyond the limit of {max_pages} pages per "
+                         "document (--docai-max-pages; pages are 0-based)")
+    return [i for lo, hi in ranges for i in range(lo, hi + 1)]
 
 
 def page_list(pages: int | Sequence[int] | str | None, max_pages: int) -> list[int] | None:
-    """Mistral's ``pages`` (an index, a list, or "0,2-4"; 0-based) as a sorted unique list."""
+    """Mistral's ``pages`` (an index, a list, or "0,2-4"; 0-based) as a sorted unique list.
+
+    Every form is bounded before it is expanded: an index at or over
+    ``max_pages`` (``docai_max_pages``) can never exist, so it is refused here,
+    and the list then has at most ``max_pages`` entries.
+    """
     if pages is None:
         return None
     if isinstance(pages, str):
         try:
-            wanted = parse_pages(pages)
+            return parse_pages(pages, max_pages) or _no_pages()
         except ValueError as exc:
-            raise InvalidRequest(f"pages: {exc}.", param="pages") from None
-    else:
-        wanted = [pages] if isinstance(pages, int) else list(pages)
+            raise InvalidPageList(f"pages: {exc}.", param="pages") from None
+    wanted = [pages] if isinstance(pages, int) else pages
     if not wanted:
-        raise InvalidRequest("pages must list at least one page index (0-based).", param="pages")
+        _no_pages()
+    if len(wanted) > dp.MAX_PAGE_ITEMS:
+        raise InvalidPageList(f"pages lists more than {dp.MAX_PAGE_ITEMS:,} page indexes.",
+                              param="pages")  # fmt: skip
     for i, index in enumerate(wanted):
         if index < 0:
-            raise InvalidRequest(f"pages[{i}] is {index}; page indexes start at 0.",
-                                 param="pages")  # fmt: skip
-    unique = sorted(set(wanted))
-    if len(unique) > max_pages:
-        raise InvalidRequest(f"At most {max_pages} pages may be read at once.", param="pages")
-    return unique
+            raise InvalidPageList(f"pages[{i}] is {index}; page indexes start at 0.",
+                                  param="pages")  # fmt: skip
+        if index >= max_pages:
+            raise InvalidPageList(
+                f"pages[{i}] is {str(index)[:20]}, beyond the limit of {max_pages} pages per "
+                "document (--docai-max-pages; pages are 0-based).", param="pages")
+    return sorted(set(wanted))
 
 
-def decode_data_url(url: str, *, param: str, images_only: bool, max_bytes: int) -> tuple[
-        str, bytes]:  # fmt: skip
-    """``(media type, bytes)`` of a base64 ``data:`` URL holding a document we read."""
+def _no_pages() -> list[int]:
+    raise InvalidPageList("pages must list at least one page index (0-based).", param="pages")
+
+
+def decode_data_url(url: str, *, param: str, images_only: bool, max_bytes: int,
+                    inline: list[bytes] | None = None) -> tuple[str, bytes]:  # fmt: skip
+    """``(media type, bytes)`` of a base64 ``data:`` URL holding a document we read.
+
+    ``inline``: the payload cut out of a large JSON body (see
+    :mod:`intramuros.docai.inline`), which ``url`` then holds as the placeholder.
+    Decoding goes a slice at a time, so a large document does not hold the
+    interpreter (run this in a worker thread).
+    """
     if _REMOTE.match(url):
         raise RemoteURLRefused(
             f"{param} is a remote URL; this server fetches nothing over the network. Send the "
@@ -93,12 +148,11 @@ def decode_data_url(url: str, *, param: str, images_only: bool, max_bytes: int) 
             '/v1/files and pass {"type": "file", "file_id": ...}.',
             param=param,
         )
-    match = _DATA_URL.match(url)
-    if match is None:
+    head, comma, payload = url.partition(",")
+    if not comma or not head[:5].lower() == "data:":
         raise BadDocument(f"{param} must be a data: URL (data:<media type>;base64,<data>).",
                           param=param)  # fmt: skip
-    header, payload = match.groups()
-    parts = [part.strip() for part in header.split(";")]
+    parts = [part.strip() for part in head[5:].split(";")]
     if "base64" not in (p.lower() for p in parts[1:]):
         raise BadDocument(f"{param} must be base64-encoded (data:<media type>;base64,...).",
                           param=param)  # fmt: skip
@@ -109,20 +163,31 @@ def decode_data_url(url: str, *, param: str, images_only: bool, max_bytes: int) 
             f"{param} has media type '{parts[0][:100]}'; accepted: {', '.join(sorted(allowed))}.",
             param=param,
         )
-    raw = _WS.sub(b"", payload.encode("ascii", errors="replace"))
-    if len(raw) * 3 // 4 > max_bytes + 3:
-        raise FileTooLarge(f"The document in {param} is over the limit of {max_bytes} bytes.",
-                           param=param)  # fmt: skip
+    if inline is not None and payload == PLACEHOLDER:
+        pieces = inline
+    else:
+        pieces = [payload.encode("ascii", errors="replace")]
+    # A loose bound first (base64 is 4/3 of the bytes, plus line breaks), so an
+    # oversized payload is refused before it is decoded; the exact one after.
+    if sum(len(piece) for piece in pieces) * 3 // 4 > max_bytes * 11 // 10 + 1024:
+        raise _too_large(param, max_bytes)
     try:
-        data = base64.b64decode(raw, validate=True)
+        data = b64decode_sliced(pieces)
     except (binascii.Error, ValueError):
         raise BadDocument(f"{param} does not hold valid base64 data.", param=param) from None
+    if len(data) > max_bytes:
+        raise _too_large(param, max_bytes)
     if not data:
         raise BadDocument(f"The document in {param} is empty.", param=param)
     sniffed = sniff_mime(data)
     if sniffed is not None and sniffed != mime:
         raise BadDocument(f"{param} declares {mime} but its content is {sniffed}.", param=param)
     return mime, data
+
+
+def _too_large(param: str, max_bytes: int) -> FileTooLarge:
+    return FileTooLarge(f"The document in {param} is over the limit of {max_bytes} bytes "
+                        "(--files-max-bytes).", param=param)  # fmt: skip
 
 
 def document_source(document: dp.DocumentURLChunk | dp.ImageURLChunk) -> tuple[str, str, bool]:

@@ -202,6 +202,16 @@ class Engine(abc.ABC):
         """The context window in tokens."""
         return self.record.context_length
 
+    @property
+    def max_token_bytes(self) -> int | None:
+        """The most bytes of text one token can stand for, if known.
+
+        A text of ``n`` bytes then takes at least ``n / max_token_bytes`` tokens,
+        which refuses a prompt far too long for the context window without the
+        cost of tokenising it.
+        """
+        return None
+
     def count_tokens(self, text: str) -> int:
         """Tokens ``text`` takes in this model (used for context-window checks)."""
         raise self._unsupported("tokenize")
@@ -209,6 +219,15 @@ class Engine(abc.ABC):
     def count_chat_tokens(self, params: ChatParams) -> int:
         """Tokens the rendered chat prompt takes (messages, tools, format instructions)."""
         raise self._unsupported("chat")
+
+    def detokenize(self, tokens: Sequence[int]) -> str | None:
+        """The text of a prompt given as token ids, for the personal-data scan.
+
+        ``None`` when this engine has no tokenizer to decode them with (the
+        gateway then cannot check them); ``InvalidRequest`` (param ``prompt``)
+        for an id outside the vocabulary.
+        """
+        return None
 
     # -- generation ------------------------------------------------------
 

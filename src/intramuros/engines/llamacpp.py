@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import logging
 import random
+import re
 import secrets
 import threading
 from collections.abc import Iterator, Sequence
@@ -93,6 +94,7 @@ class LlamaCppEngine(Engine):
                 f"Model '{self.record.name}' could not be loaded by llama.cpp."
             ) from None
         self._formatter = None
+        self._controls = self._control_pattern()
         template = self._llm.metadata.get("tokenizer.chat_template")
         if template and self.record.has("chat"):
             self._formatter = Jinja2ChatFormatter(
@@ -100,6 +102,30 @@ class LlamaCppEngine(Engine):
                 eos_token=self._token_text(self._llm.token_eos()),
                 bos_token=self._token_text(self._llm.token_bos()),
             )
+
+    def _control_pattern(self) -> re.Pattern[str]:
+        """What the spelling of any control token looks like (they are special only in
+        the template's own text; client text is tokenised without parsing them)."""
+        from llama_cpp import (
+            LLAMA_TOKEN_ATTR_CONTROL,
+            LLAMA_TOKEN_ATTR_UNKNOWN,
+            llama_vocab_get_attr,
+        )
+
+        vocab = self._llm._model.vocab
+        mask = LLAMA_TOKEN_ATTR_CONTROL | LLAMA_TOKEN_ATTR_UNKNOWN
+        texts: set[str] = set()
+        longest = 1
+        for t in range(int(self._llm.n_vocab())):
+            if llama_vocab_get_attr(vocab, t) & mask:
+                texts.add(self._token_text(t))
+            else:
+                longest = max(longest, len(self._llm.detokenize([t], special=True)))
+        self._max_token_bytes = longest
+        texts.discard("")
+        if not texts:
+            return re.compile(r"(?!)")
+        return re.compile("|".join(re.escape(t) for t in sorted(texts, key=len, reverse=True)))
 
     def _token_text(self, token: int) -> str:
         if token < 0:
@@ -115,6 +141,11 @@ class LlamaCppEngine(Engine):
         if self._llm is not None:
             self._llm.close()
             self._llm = None
+
+    @property
+    def max_token_bytes(self) -> int | None:
+        """The longest token of the vocabulary, in bytes (control tokens aside)."""
+        return getattr(self, "_max_token_bytes", None)
 
     @property
     def context_length(self) -> int:
@@ -133,20 +164,85 @@ class LlamaCppEngine(Engine):
         """Tokens of the rendered chat prompt."""
         return len(self._chat_tokens(params))
 
+    def chat_prompt_tokens(self, params: ChatParams) -> list[int]:
+        """The rendered chat prompt as the model will read it."""
+        return self._chat_tokens(params)
+
+    def completion_prompt_tokens(self, text: str) -> list[int]:
+        """A completion prompt as the model will read it (client text: no control tokens)."""
+        return self._tokenize_text(text)
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        """``text`` as tokens; with ``special``, spellings of control tokens are those tokens."""
+        return self._tokens(text, special=special)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of token ids, as the model reads it (control tokens' text left out)."""
+        return bytes(self._llm.detokenize(self._known_ids(tokens))).decode("utf-8", "replace")
+
+    def _known_ids(self, tokens: Sequence[int]) -> list[int]:
+        """``tokens`` as a list; ``InvalidRequest`` (param ``prompt``) for an id out of range."""
+        n_vocab = int(self._llm.n_vocab())
+        bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
+        if bad is not None:
+            raise InvalidRequest(
+                f"Token id {bad} is outside this model's vocabulary (0..{n_vocab - 1}).",
+                param="prompt",
+            )
+        return list(tokens)
+
     def _tokenize_text(self, text: str) -> list[int]:
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
 
-    def _chat_tokens(self, params: ChatParams) -> list[int]:
-        if self._formatter is None:
-            raise self._unsupported("chat")
-        messages = prompting.normalise_messages(params)
+    def _render(self, messages: list[dict[str, str]]) -> str:
+        assert self._formatter is not None
         try:
-            prompt = self._formatter(messages=messages).prompt  # type: ignore[arg-type]
+            return str(self._formatter(messages=messages).prompt)  # type: ignore[arg-type]
         except Exception as exc:  # jinja templates call raise_exception() on odd input
             raise InvalidRequest(
                 f"The messages do not fit this model's chat template: {exc}", param="messages"
             ) from None
-        return list(self._llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
+
+    def _chat_tokens(self, params: ChatParams) -> list[int]:
+        """The rendered chat prompt as tokens: only the template's own markers are special.
+
+        Whatever the client wrote (every message's text, tool definitions) is
+        text: "<|im_end|>" typed in a message is the seven characters, not the
+        control token, so a client cannot close its turn and forge a system or
+        assistant one. When no text contains a control token's spelling (nearly
+        always), the whole rendering is tokenised at once, exactly as before.
+        """
+        if self._formatter is None:
+            raise self._unsupported("chat")
+        messages = prompting.normalise_messages(params)
+        prompt = self._render(messages)
+        if not any(self._controls.search(m["content"]) for m in messages):
+            return self._tokens(prompt, special=True)
+        # Render again with a sentinel in place of each text, then tokenise the
+        # template's pieces with their markers and the texts as plain text.
+        tag = "\x00" + secrets.token_hex(8)
+        marked = [{**m, "content": f"{tag}{i}\x00"} for i, m in enumerate(messages)]
+        pieces = re.split(f"{tag}(\\d+)\x00", self._render(marked))
+        texts = [messages[int(i)]["content"] for i in pieces[1::2]]
+        rebuilt = "".join(p if k % 2 == 0 else texts[k // 2] for k, p in enumerate(pieces))
+        if sorted(int(i) for i in pieces[1::2]) != list(range(len(messages))) or rebuilt != prompt:
+            # The template reshapes the texts (trims, repeats them): they cannot be
+            # isolated, so refuse rather than let a marker through.
+            raise InvalidRequest(
+                "The messages contain the spelling of one of this model's control tokens, "
+                "which its chat template cannot keep as plain text.",
+                param="messages",
+            )
+        tokens: list[int] = []
+        for k, piece in enumerate(pieces):
+            text = piece if k % 2 == 0 else texts[k // 2]
+            tokens += self._tokens(text, special=k % 2 == 0)
+        return tokens
+
+    def _tokens(self, text: str, *, special: bool) -> list[int]:
+        if not text:
+            return []
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special))
 
     # -- generation ------------------------------------------------------
 
@@ -209,14 +305,7 @@ class LlamaCppEngine(Engine):
         if isinstance(params.prompt, str):
             tokens = self._tokenize_text(params.prompt)
         else:
-            tokens = list(params.prompt)
-            n_vocab = int(self._llm.n_vocab())
-            bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
-            if bad is not None:
-                raise InvalidRequest(
-                    f"Token id {bad} is outside this model's vocabulary (0..{n_vocab - 1}).",
-                    param="prompt",
-                )
+            tokens = self._known_ids(params.prompt)
         grammar = prompting.response_grammar(params.response_format)
         if params.echo:
             prompt_text: str = (
@@ -258,6 +347,12 @@ class LlamaCppEngine(Engine):
         grammar = LlamaGrammar.from_string(grammar_text, verbose=False) if grammar_text else None
         capture = _LogprobCapture() if sampling.logprobs is not None else None
         llm.set_seed(sampling.seed if sampling.seed is not None else random.getrandbits(31))
+        if sampling.seed is not None:
+            # Reusing the cached prefix of the previous prompt evaluates its last token
+            # alone rather than in a batch, which changes the logits in their last bits
+            # and, at temperature 1, the text: a seed asks for the same text, so the
+            # prompt is evaluated from scratch.
+            llm.reset()
 
         stops = [s for s in sampling.stop if s]
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")

@@ -241,6 +241,17 @@ class MiniLMEngine(Engine):
         _, tokenizer = self._loaded()
         return len(tokenizer.encode(text.lower() if self._lower else text).ids)
 
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of token ids (WordPiece pieces joined), for the personal-data scan."""
+        _, tokenizer = self._loaded()
+        bad = next((t for t in tokens if not 0 <= t < self._vocab), None)
+        if bad is not None:
+            raise InvalidRequest(
+                f"Token id {bad} is outside this model's vocabulary (0..{self._vocab - 1}).",
+                param="input",
+            )
+        return str(tokenizer.decode(list(tokens), skip_special_tokens=True))
+
     def _ids(self, item: str | Sequence[int], tokenizer: Tokenizer) -> list[int]:
         if isinstance(item, str):
             ids: list[int] = tokenizer.encode(item.lower() if self._lower else item).ids

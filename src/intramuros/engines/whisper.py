@@ -13,6 +13,12 @@ so nothing is truncated; with VAD, silent stretches are skipped first. With
 (faster; used only for transcriptions whose segment times need not be exact:
 json, text and streams; a batched result that repeats itself is decoded again
 in order).
+
+The engine transcribes the samples it is given, whole: faster-whisper holds
+features for all of them at once, so the voice workload hands it long
+recordings in blocks (``intramuros.voice.blocks``). When the language is to
+be detected and voice-activity detection hears no speech, no language is
+asked of Whisper (it would run its encoder on silence, seconds per block).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 # Whisper's own threshold: text whose gzip ratio is above this is a decode stuck in a loop.
 REPETITION_RATIO = 2.4
 VOICE_EXTRA_HINT = "Speech to text needs the voice extra: pip install 'intramuros[voice]'"
+SAMPLE_RATE = 16000  # Whisper's input
 
 
 class WhisperEngine(Engine):
@@ -90,6 +97,11 @@ class WhisperEngine(Engine):
         self._model = None
         self._batched = None
 
+    def _speech_in(self, audio: Any) -> bool:
+        """Whether ``audio`` holds speech; only asked when the language is to be detected
+        (English-only models need no detection)."""
+        return not self.multilingual or _has_speech(audio)
+
     def _batches(self, params: TranscriptionParams) -> bool:
         """Batch VAD chunks only where it is safe: transcription, no exact times needed.
 
@@ -115,6 +127,13 @@ class WhisperEngine(Engine):
             raise InvalidRequest(
                 f"Model '{self.record.name}' is English-only and cannot translate.", param="model"
             )
+        if params.vad and params.language is None and not self._speech_in(audio):
+            # Nothing to transcribe, and nothing to tell the language by: Whisper would
+            # still run its encoder on silence to guess one (seconds per call).
+            yield TranscriptionStart(language="en", language_probability=0.0,
+                                     duration=len(audio) / SAMPLE_RATE,
+                                     speech_duration=0.0)  # fmt: skip
+            return
         temperatures = FALLBACK_TEMPERATURES if params.temperature == 0 else (params.temperature,)
         options: dict[str, Any] = {
             "language": params.language,
@@ -160,6 +179,16 @@ class WhisperEngine(Engine):
         except (RuntimeError, ValueError) as exc:
             log.error("whisper %s failed: %s", self.record.name, exc)
             raise EngineError(f"Model '{self.record.name}' failed to transcribe.") from None
+
+
+def _has_speech(audio: Any) -> bool:
+    """Whether voice-activity detection (the Silero model inside faster-whisper) hears any."""
+    from faster_whisper.vad import (  # type: ignore[import-untyped]
+        VadOptions,
+        get_speech_timestamps,
+    )
+
+    return bool(get_speech_timestamps(audio, VadOptions()))
 
 
 def _segment(index: int, seg: Any) -> TranscriptSegment:

@@ -33,6 +33,12 @@ class RemoteURLRefused(InvalidRequest):
     code = "remote_url_refused"
 
 
+class InvalidPageList(InvalidRequest):
+    """``pages`` that cannot be read, or that asks for more than any document may have."""
+
+    code = "invalid_pages"
+
+
 class BadDocument(InvalidRequest):
     """A document reference we cannot use: bad data URL, bad base64, wrong media type."""
 

@@ -9,8 +9,8 @@ from fastapi import Request
 from intramuros.errors import PermissionDenied
 from intramuros.gate.tenants import Principal
 
-# With --no-auth (loopback only) every caller is this admin of tenant "default".
-ANONYMOUS = Principal(tenant="default", key_id=None, role="admin")
+# With --no-auth (loopback only) every caller is this operator of tenant "default".
+ANONYMOUS = Principal(tenant="default", key_id=None, role="operator", tenant_name="default")
 
 
 def bearer_token(request: Request) -> str | None:
@@ -38,8 +38,17 @@ async def principal(request: Request) -> Principal:
 
 
 async def admin(request: Request) -> Principal:
-    """FastAPI dependency: an admin key (403 for a user key)."""
+    """FastAPI dependency: an admin key of its tenant, or an operator key (403 for a user key)."""
     who = await principal(request)
     if not who.is_admin:
         raise PermissionDenied("This route needs an admin key.")
+    return who
+
+
+async def operator(request: Request) -> Principal:
+    """FastAPI dependency: an operator key (403 for user and tenant-admin keys)."""
+    who = await principal(request)
+    if not who.is_operator:
+        raise PermissionDenied("This route needs an operator key (`intramuros keys create "
+                               "--role operator` on the server).")
     return who

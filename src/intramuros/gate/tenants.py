@@ -1,10 +1,23 @@
 """Tenants, API keys and roles, stored in the platform database.
 
+A tenant has a name (what people type: ``acme``) and an id (what every record
+of every area stores as its tenant). Ids are never reused: the first tenant
+named ``acme`` gets the id ``acme``; after it is deleted a new ``acme`` gets
+``acme.<8 hex>``, so nothing the old one left behind (records, files, cases)
+can ever be read as the new one's.
+
 An API key reads ``im_<key id>_<secret>``. Only a salted scrypt hash of the
 secret is stored; the key is shown once, at creation. Checking a key costs
 one scrypt (tens of milliseconds, by design), so a key already checked is
 remembered in memory by the sha256 of the whole key; revocation and expiry
-are read from the database on every request all the same.
+are read from the database on every request all the same. An unknown key id
+costs the same scrypt (against a dummy hash), so the time of a refusal does
+not tell whether a key id exists.
+
+Roles: ``user`` calls models and reads its own tenant's records; ``admin``
+manages its own tenant (keys, policy, records, KYC settings) and nothing
+else; ``operator`` manages tenants and reads across them. Operator keys are
+made only with the command line, on the machine.
 """
 
 from __future__ import annotations
@@ -15,41 +28,83 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import sqlalchemy as sa
 
 from intramuros.errors import AuthenticationError, InvalidRequest, NotFound
 from intramuros.gate.policy import Limits, TenantPolicy
+from intramuros.gate.tables import ID_NAME_PART, tenant_tombstones
 from intramuros.store.db import Database, api_keys, tenants
 
-Role = Literal["user", "admin"]
+Role = Literal["user", "admin", "operator"]
+ROLES: tuple[str, ...] = get_args(Role)
 TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _KEY_RE = re.compile(r"im_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 # scrypt cost: about 50 ms and 16 MiB on a current CPU per check, once per key
 # and process (then cached), which makes offline guessing of a stolen hash slow.
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
+# Checked against when the key id is unknown, so that a refusal costs the same.
+_DUMMY_SALT = bytes(16)
+_DUMMY_HASH = "0" * 64
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the tenant, the key and its role and allowed models."""
+    """Who is calling: the tenant (its id, and its name), the key, its role and models."""
 
     tenant: str
     key_id: str | None
     role: Role
     models: tuple[str, ...] | None = None
     limits: Limits = field(default_factory=Limits)
+    tenant_name: str = ""
 
     @property
     def is_admin(self) -> bool:
-        """Admins manage tenants and keys and may read every tenant's records."""
-        return self.role == "admin"
+        """Administers its own tenant (operators administer every tenant)."""
+        return self.role in ("admin", "operator")
+
+    @property
+    def is_operator(self) -> bool:
+        """Manages tenants and reads across them."""
+        return self.role == "operator"
+
+    def may_administer(self, tenant_id: str) -> bool:
+        """Whether this key may manage ``tenant_id`` (its keys, policy, records)."""
+        return self.is_operator or (self.role == "admin" and tenant_id == self.tenant)
 
     def may_use(self, model: str) -> bool:
         """True if the key's model list (if any) includes ``model``."""
         return self.models is None or model in self.models
+
+
+@dataclass(frozen=True)
+class TenantInfo:
+    """A live tenant."""
+
+    id: str
+    name: str
+    created_at: float
+    policy: TenantPolicy
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able view."""
+        return {"id": self.id, "name": self.name, "created_at": self.created_at,
+                "policy": self.policy.model_dump()}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TenantTombstone:
+    """A deleted tenant: its id is retired for good; ``purged_at`` once its data is gone."""
+
+    id: str
+    name: str
+    deleted_at: float
+    actor: str
+    purged_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -64,12 +119,17 @@ class KeyInfo:
     revoked_at: float | None
     models: tuple[str, ...] | None
     limits: Limits
+    tenant_name: str = ""
+
+    def active(self, now: float) -> bool:
+        """Neither revoked nor expired at ``now``."""
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able view."""
         return {
-            "id": self.id, "tenant": self.tenant, "role": self.role,
-            "created_at": self.created_at, "expires_at": self.expires_at,
+            "id": self.id, "tenant": self.tenant_name or self.tenant, "tenant_id": self.tenant,
+            "role": self.role, "created_at": self.created_at, "expires_at": self.expires_at,
             "revoked_at": self.revoked_at, "models": list(self.models) if self.models else None,
             "limits": self.limits.model_dump(),
         }  # fmt: skip
@@ -77,6 +137,14 @@ class KeyInfo:
 
 def _hash(secret: str, salt: bytes) -> str:
     return hashlib.scrypt(secret.encode(), salt=salt, **_SCRYPT).hex()
+
+
+def _check_name(name: str) -> None:
+    if not TENANT_RE.fullmatch(name):
+        raise InvalidRequest(
+            "A tenant name is 1-63 characters: lower-case letters, digits, - and _.",
+            param="name",
+        )
 
 
 class Tenants:
@@ -88,123 +156,221 @@ class Tenants:
 
     # -- tenants -------------------------------------------------------------
 
-    def create(self, name: str, policy: TenantPolicy | None = None) -> None:
-        """A new tenant; names are lower-case slugs."""
-        if not TENANT_RE.fullmatch(name):
-            raise InvalidRequest(
-                "A tenant name is 1-63 characters: lower-case letters, digits, - and _.",
-                param="name",
-            )
+    def create(self, name: str, policy: TenantPolicy | None = None) -> TenantInfo:
+        """A new tenant; names are lower-case slugs, ids never reused."""
+        _check_name(name)
+        policy = policy or TenantPolicy()
+        now = time.time()
         with self.db.begin() as conn:
             if conn.execute(sa.select(tenants.c.name).where(tenants.c.name == name)).first():
                 raise InvalidRequest(f"Tenant '{name}' already exists.", param="name")
-            conn.execute(tenants.insert().values(
-                name=name, created_at=time.time(),
-                policy=(policy or TenantPolicy()).model_dump_json()))  # fmt: skip
+            tenant_id = name
+            while _id_taken(conn, tenant_id):
+                tenant_id = f"{name[:ID_NAME_PART]}.{secrets.token_hex(4)}"
+            conn.execute(tenants.insert().values(name=name, id=tenant_id, created_at=now,
+                                                 policy=policy.model_dump_json()))  # fmt: skip
+        return TenantInfo(id=tenant_id, name=name, created_at=now, policy=policy)
+
+    def all(self) -> list[TenantInfo]:
+        """Every live tenant, by name."""
+        with self.db.begin() as conn:
+            rows = conn.execute(sa.select(tenants).order_by(tenants.c.name)).mappings().all()
+        return [_tenant(row) for row in rows]
 
     def names(self) -> list[str]:
-        """All tenant names."""
-        with self.db.begin() as conn:
-            return [r[0] for r in conn.execute(sa.select(tenants.c.name).order_by(tenants.c.name))]
+        """All live tenant names."""
+        return [t.name for t in self.all()]
 
-    def policy(self, name: str) -> TenantPolicy:
-        """The tenant's policy; ``NotFound`` if there is no such tenant."""
+    def ids(self) -> list[str]:
+        """All live tenant ids."""
+        return [t.id for t in self.all()]
+
+    def get(self, name: str) -> TenantInfo:
+        """The live tenant called ``name``; ``NotFound`` if there is none."""
         with self.db.begin() as conn:
-            row = conn.execute(sa.select(tenants.c.policy).where(tenants.c.name == name)).first()
+            row = conn.execute(sa.select(tenants).where(tenants.c.name == name)).mappings().first()
         if row is None:
             raise NotFound(f"No tenant '{name}'.", param="tenant")
-        return TenantPolicy.model_validate_json(row[0])
+        return _tenant(row)
 
-    def set_policy(self, name: str, policy: TenantPolicy) -> None:
-        """Replace the tenant's policy."""
-        self.policy(name)
+    def by_id(self, tenant_id: str) -> TenantInfo:
+        """The live tenant whose id is ``tenant_id``; ``NotFound`` otherwise."""
         with self.db.begin() as conn:
-            conn.execute(tenants.update().where(tenants.c.name == name)
-                         .values(policy=policy.model_dump_json()))  # fmt: skip
+            row = conn.execute(
+                sa.select(tenants).where(tenants.c.id == tenant_id)).mappings().first()
+        if row is None:
+            raise NotFound(f"No tenant '{tenant_id}'.", param="tenant")
+        return _tenant(row)
 
-    def delete(self, name: str) -> None:
-        """Delete a tenant and revoke its keys (its ledger records stay)."""
-        self.policy(name)
+    def resolve(self, name: str) -> str:
+        """The id of the live tenant called ``name``."""
+        return self.get(name).id
+
+    def policy(self, tenant_id: str) -> TenantPolicy:
+        """The policy of the tenant whose id is ``tenant_id``; ``NotFound`` if none."""
+        return self.by_id(tenant_id).policy
+
+    def set_policy(self, tenant_id: str, policy: TenantPolicy) -> None:
+        """Replace the policy of the tenant whose id is ``tenant_id``."""
+        with self.db.begin() as conn:
+            updated = conn.execute(tenants.update().where(tenants.c.id == tenant_id)
+                                   .values(policy=policy.model_dump_json())).rowcount  # fmt: skip
+        if not updated:
+            raise NotFound(f"No tenant '{tenant_id}'.", param="tenant")
+
+    def delete(self, name: str, *, actor: str) -> TenantTombstone:
+        """Retire a tenant: its keys are deleted and its id is never given again.
+
+        Its data (records, files, cases, ledger content) is deleted afterwards
+        by :func:`intramuros.serving.tenancy.purge_tenant`; until then the
+        tombstone's ``purged_at`` is null and the purge schedule retries.
+        """
         now = time.time()
         with self.db.begin() as conn:
-            conn.execute(api_keys.update().where(api_keys.c.tenant == name,
-                                                 api_keys.c.revoked_at.is_(None))
-                         .values(revoked_at=now))  # fmt: skip
-            conn.execute(tenants.delete().where(tenants.c.name == name))
+            row = conn.execute(sa.select(tenants).where(tenants.c.name == name)).mappings().first()
+            if row is None:
+                raise NotFound(f"No tenant '{name}'.", param="tenant")
+            tenant_id = str(row["id"])
+            conn.execute(api_keys.delete().where(api_keys.c.tenant == tenant_id))
+            conn.execute(tenants.delete().where(tenants.c.id == tenant_id))
+            conn.execute(tenant_tombstones.insert().values(
+                id=tenant_id, name=name, created_at=row["created_at"], deleted_at=now,
+                actor=actor[:200]))  # fmt: skip
         self._checked.clear()
+        return TenantTombstone(id=tenant_id, name=name, deleted_at=now, actor=actor)
+
+    def tombstones(self, *, pending_only: bool = False) -> list[TenantTombstone]:
+        """Deleted tenants (only those whose data is not yet purged, with ``pending_only``)."""
+        query = sa.select(tenant_tombstones).order_by(tenant_tombstones.c.deleted_at)
+        if pending_only:
+            query = query.where(tenant_tombstones.c.purged_at.is_(None))
+        with self.db.begin() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            TenantTombstone(id=r["id"], name=r["name"], deleted_at=r["deleted_at"],
+                            actor=r["actor"], purged_at=r["purged_at"])
+            for r in rows
+        ]  # fmt: skip
+
+    def mark_purged(self, tenant_id: str, counts: dict[str, int]) -> None:
+        """Note that every area has deleted the data of the deleted tenant ``tenant_id``."""
+        with self.db.begin() as conn:
+            conn.execute(tenant_tombstones.update()
+                         .where(tenant_tombstones.c.id == tenant_id)
+                         .values(purged_at=time.time(), purged=json.dumps(counts)))  # fmt: skip
 
     # -- keys ------------------------------------------------------------------
 
     def create_key(
         self,
-        tenant: str,
+        tenant_id: str,
         *,
         role: Role = "user",
         expires_in: float | None = None,
         models: tuple[str, ...] | None = None,
         limits: Limits | None = None,
     ) -> tuple[str, KeyInfo]:
-        """A new key: ``(the key, shown once, its info)``."""
-        self.policy(tenant)
-        if role not in ("user", "admin"):
-            raise InvalidRequest("role must be 'user' or 'admin'.", param="role")
+        """A new key for the tenant whose id is ``tenant_id``: ``(the key, its info)``."""
+        tenant = self.by_id(tenant_id)
+        if role not in ROLES:
+            raise InvalidRequest("role must be 'user', 'admin' or 'operator'.", param="role")
         key_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
         salt = secrets.token_bytes(16)
         now = time.time()
-        info = KeyInfo(id=key_id, tenant=tenant, role=role, created_at=now,
+        info = KeyInfo(id=key_id, tenant=tenant_id, role=role, created_at=now,
                        expires_at=now + expires_in if expires_in else None, revoked_at=None,
-                       models=models or None, limits=limits or Limits())  # fmt: skip
+                       models=models or None, limits=limits or Limits(),
+                       tenant_name=tenant.name)  # fmt: skip
         with self.db.begin() as conn:
             conn.execute(api_keys.insert().values(
-                id=key_id, tenant=tenant, role=role, salt=salt.hex(), hash=_hash(secret, salt),
-                created_at=now, expires_at=info.expires_at, revoked_at=None,
-                models=json.dumps(list(models)) if models else None,
+                id=key_id, tenant=tenant_id, role=role, salt=salt.hex(),
+                hash=_hash(secret, salt), created_at=now, expires_at=info.expires_at,
+                revoked_at=None, models=json.dumps(list(models)) if models else None,
                 limits=info.limits.model_dump_json()))  # fmt: skip
         return f"im_{key_id}_{secret}", info
 
-    def keys(self, tenant: str | None = None) -> list[KeyInfo]:
+    def keys(self, tenant_id: str | None = None) -> list[KeyInfo]:
         """Keys (of one tenant, or all), newest first."""
-        query = sa.select(api_keys).order_by(api_keys.c.created_at.desc())
-        if tenant is not None:
-            query = query.where(api_keys.c.tenant == tenant)
+        query = _keys_query().order_by(api_keys.c.created_at.desc())
+        if tenant_id is not None:
+            query = query.where(api_keys.c.tenant == tenant_id)
         with self.db.begin() as conn:
             return [_info(row) for row in conn.execute(query).mappings()]
 
-    def revoke(self, key_id: str, *, tenant: str | None = None) -> None:
+    def key(self, key_id: str) -> KeyInfo:
+        """One key by id; ``NotFound`` if unknown."""
+        with self.db.begin() as conn:
+            row = conn.execute(_keys_query().where(api_keys.c.id == key_id)).mappings().first()
+        if row is None:
+            raise NotFound(f"No key '{key_id}'.", param="key_id")
+        return _info(row)
+
+    def revoke(self, key_id: str, *, tenant_id: str | None = None) -> None:
         """Revoke a key at once (``NotFound`` if unknown, or of another tenant)."""
         query = api_keys.update().where(api_keys.c.id == key_id,
                                         api_keys.c.revoked_at.is_(None))  # fmt: skip
-        if tenant is not None:
-            query = query.where(api_keys.c.tenant == tenant)
+        if tenant_id is not None:
+            query = query.where(api_keys.c.tenant == tenant_id)
         with self.db.begin() as conn:
             if not conn.execute(query.values(revoked_at=time.time())).rowcount:
                 raise NotFound(f"No active key '{key_id}'.", param="key_id")
 
+    def active_keys(self, key_ids: Iterable[str]) -> set[str]:
+        """Which of ``key_ids`` are still neither revoked, expired nor deleted."""
+        wanted = sorted(set(key_ids))
+        if not wanted:
+            return set()
+        now = time.time()
+        query = sa.select(api_keys.c.id, api_keys.c.revoked_at, api_keys.c.expires_at).where(
+            api_keys.c.id.in_(wanted))
+        with self.db.begin() as conn:
+            rows = conn.execute(query).all()
+        return {r.id for r in rows
+                if r.revoked_at is None and (r.expires_at is None or r.expires_at > now)}
+
     def authenticate(self, token: str | None) -> Principal:
-        """The principal for a bearer token; ``AuthenticationError`` otherwise."""
+        """The principal for a bearer token; ``AuthenticationError`` otherwise.
+
+        Every refusal after the token's shape is checked costs one scrypt,
+        whether the key id exists or not.
+        """
         match = _KEY_RE.fullmatch(token or "")
         if match is None:
             raise AuthenticationError()
         key_id, secret = match.groups()
         with self.db.begin() as conn:
-            query = sa.select(api_keys).where(api_keys.c.id == key_id)
-            row = conn.execute(query).mappings().first()
-        if row is None:
-            raise AuthenticationError()
-        fingerprint = hashlib.sha256(token.encode()).hexdigest()  # type: ignore[union-attr]
-        if self._checked.get(fingerprint) != key_id:
-            expected = row["hash"]
-            if not hmac.compare_digest(_hash(secret, bytes.fromhex(row["salt"])), expected):
+            row = conn.execute(_keys_query().where(api_keys.c.id == key_id)).mappings().first()
+        fingerprint = hashlib.sha256(match.group(0).encode()).hexdigest()
+        if row is None or self._checked.get(fingerprint) != key_id:
+            salt, expected = ((bytes.fromhex(row["salt"]), row["hash"]) if row is not None
+                              else (_DUMMY_SALT, _DUMMY_HASH))  # fmt: skip
+            if not hmac.compare_digest(_hash(secret, salt), expected) or row is None:
                 raise AuthenticationError()
             self._checked[fingerprint] = key_id
-        now = time.time()
-        if row["revoked_at"] is not None or (row["expires_at"] is not None
-                                             and row["expires_at"] <= now):  # fmt: skip
-            raise AuthenticationError()
         info = _info(row)
+        if not info.active(time.time()) or not info.tenant_name:
+            raise AuthenticationError()  # revoked, expired, or its tenant is gone
         return Principal(tenant=info.tenant, key_id=info.id, role=info.role, models=info.models,
-                         limits=info.limits)  # fmt: skip
+                         limits=info.limits, tenant_name=info.tenant_name)  # fmt: skip
+
+
+def _id_taken(conn: sa.Connection, tenant_id: str) -> bool:
+    for column in (tenants.c.id, tenant_tombstones.c.id):
+        if conn.execute(sa.select(column).where(column == tenant_id)).first():
+            return True
+    return False
+
+
+def _keys_query() -> sa.Select[Any]:
+    """Keys with their tenant's name (null when the tenant is gone)."""
+    return sa.select(api_keys, tenants.c.name.label("tenant_name")).select_from(
+        api_keys.outerjoin(tenants, tenants.c.id == api_keys.c.tenant))
+
+
+def _tenant(row: Any) -> TenantInfo:
+    return TenantInfo(id=row["id"] or row["name"], name=row["name"], created_at=row["created_at"],
+                      policy=TenantPolicy.model_validate_json(row["policy"]))  # fmt: skip
 
 
 def _info(row: Any) -> KeyInfo:
@@ -214,6 +380,7 @@ def _info(row: Any) -> KeyInfo:
         expires_at=row["expires_at"], revoked_at=row["revoked_at"],
         models=tuple(models) if models else None,
         limits=Limits.model_validate_json(row["limits"]) if row["limits"] else Limits(),
+        tenant_name=row["tenant_name"] or "",
     )  # fmt: skip
 
 

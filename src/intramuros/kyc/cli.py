@@ -183,8 +183,7 @@ def screen(path: Path, out: Path, tenant: str, limit: int, **options: Any) -> No
         flow = _workflow(options)
         if not flow.store.status():
             _error("no list imported: run `intramuros kyc lists import` first")
-        if not _tenant_exists(flow, tenant):
-            _error(f"no tenant {tenant!r}")
+        tenant = _tenant_id(flow, tenant)
     except IntramurosError as exc:
         _error(exc.message)
         return
@@ -216,10 +215,11 @@ def screen(path: Path, out: Path, tenant: str, limit: int, **options: Any) -> No
                f"{len(problems)} row(s) skipped; results in {out}")  # fmt: skip
 
 
-def _tenant_exists(flow: Any, tenant: str) -> bool:
+def _tenant_id(flow: Any, name: str) -> str:
+    """The id of the live tenant called ``name`` (what its records are stored under)."""
     from intramuros.gate.tenants import Tenants
 
-    return tenant in Tenants(flow.store.db).names()
+    return Tenants(flow.store.db).resolve(name)
 
 
 @group.command("rescreen")
@@ -229,8 +229,7 @@ def rescreen(tenant: str, **options: Any) -> None:
     """Screen stored customers again; open cases only for new or changed hits."""
     try:
         flow = _workflow(options)
-        if not _tenant_exists(flow, tenant):
-            _error(f"no tenant {tenant!r}")
+        tenant = _tenant_id(flow, tenant)
         started = time.perf_counter()
         summary = flow.rescreen(tenant, None)
     except IntramurosError as exc:
@@ -250,8 +249,7 @@ def threshold(tenant: str, value: float | None, **options: Any) -> None:
     """Show or set a tenant's alert threshold."""
     try:
         flow = _workflow(options)
-        if not _tenant_exists(flow, tenant):
-            _error(f"no tenant {tenant!r}")
+        tenant = _tenant_id(flow, tenant)
         if value is not None:
             flow.store.set_threshold(tenant, value)
             flow.ledger.append("admin", tenant=tenant, key_id=None, subject=None, data={

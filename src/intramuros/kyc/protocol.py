@@ -121,7 +121,7 @@ class ThresholdRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tenant: str = Field(min_length=1, max_length=64)
+    tenant: str | None = Field(default=None, min_length=1, max_length=64)
     threshold: float = Field(gt=0.0, le=1.0)
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import PurePath
 from typing import Any
 
 from intramuros.errors import IntramurosError
+from intramuros.gate import scope
 from intramuros.gate.tenants import Principal
 from intramuros.kyc import protocol as kp
 from intramuros.kyc.summary import draft_summary
@@ -73,19 +75,21 @@ class KycService:
             results = await asyncio.to_thread(self.workflow.screen, who.tenant, who.key_id,
                                               subjects, lists=lists, limit=limit, route=route)
         except BaseException as exc:
-            self.core.end_call(meter, exc)
+            await self.core.end_call(meter, exc)
             raise
         meter.extra = {"screenings": len(results),
                        "alerts": sum(1 for r in results if r["case_id"]),
                        "lists": results[0]["lists"] if results else {}}  # fmt: skip
-        self.core.end_call(meter)
+        await self.core.end_call(meter)
         return results
 
     async def lists(self) -> list[dict[str, Any]]:
         """Status of every active list, and what the server's index holds."""
         rows = await asyncio.to_thread(self.workflow.store.status)
         loaded = self.workflow.screener.index.versions
-        return [{**r.to_dict(), "loaded": loaded.get(r.name, (None, 0))[0] == r.version}
+        # The file name only: where the server keeps its files is not the caller's business.
+        return [{**r.to_dict(), "source": PurePath(r.source).name,
+                 "loaded": loaded.get(r.name, (None, 0))[0] == r.version}
                 for r in rows]
 
     async def cases(self, who: Principal, status: str | None, limit: int) -> list[dict[str, Any]]:
@@ -105,12 +109,14 @@ class KycService:
         """A tenant's alert threshold."""
         return await asyncio.to_thread(self.workflow.threshold_for, tenant)
 
-    async def set_threshold(self, who: Principal, req: kp.ThresholdRequest) -> None:
-        """Set a tenant's threshold (admin), and record it in the ledger."""
-        await asyncio.to_thread(self.workflow.store.set_threshold, req.tenant, req.threshold)
-        await asyncio.to_thread(self.core.ledger.append, "admin", tenant=req.tenant,
+    async def set_threshold(self, who: Principal, req: kp.ThresholdRequest) -> str:
+        """Set the threshold of a tenant the caller manages, record it; the tenant's id."""
+        tenant = await asyncio.to_thread(scope.managed, self.core.tenants, who, req.tenant)
+        await asyncio.to_thread(self.workflow.store.set_threshold, tenant, req.threshold)
+        await asyncio.to_thread(self.core.ledger.append, "admin", tenant=tenant,
                                 key_id=who.key_id, subject=None,
                                 data={"action": "kyc_threshold", "threshold": req.threshold})
+        return tenant
 
     async def summarise(self, who: Principal, case_id: str, model: str | None) -> dict[str, Any]:
         """Draft a case summary with a local model (through the gate) and keep it on the case."""

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from intramuros.kyc.importers import ImportResult
 from intramuros.kyc.model import Entity
 from intramuros.kyc.tables import (
+    kyc_cases,
     kyc_customers,
     kyc_entities,
     kyc_hits,
@@ -23,6 +24,7 @@ from intramuros.kyc.tables import (
     kyc_lists,
     kyc_thresholds,
 )
+from intramuros.serving.tenancy import PurgeContext
 from intramuros.store.db import Database
 
 _CHUNK = 1000
@@ -198,3 +200,14 @@ class KycStore:
                 conn.execute(kyc_hits.insert().values(
                     tenant=tenant, customer_id=customer, list_name=list_name,
                     source_id=source_id, digest=digest, case_id=case_id, seen_at=now))
+
+
+def purge_tenant(ctx: PurgeContext, tenant: str) -> dict[str, int]:
+    """Delete a deleted tenant's customers, hits, cases and threshold (lists are shared)."""
+    counts: dict[str, int] = {}
+    with ctx.db.begin() as conn:
+        for kind, table in (("kyc_cases", kyc_cases), ("kyc_customers", kyc_customers),
+                            ("kyc_hits", kyc_hits), ("kyc_thresholds", kyc_thresholds)):
+            counts[kind] = conn.execute(
+                sa.delete(table).where(table.c.tenant == tenant)).rowcount
+    return counts

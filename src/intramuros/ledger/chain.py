@@ -14,6 +14,13 @@ JSON text, so the hash covers exactly the bytes kept. Hashing the body first
 (rather than ``prev_hash`` followed by the body itself) lets a per-tenant
 export replace other tenants' records by their ``body_hash`` and still be
 re-linked end to end without revealing them.
+
+The hash chain alone proves only that the records link: anyone who can write
+the database can append or rewrite records and recompute every hash. What
+binds the chain to the ledger key is a MAC over each record's hash and a
+signature over checkpoints; both are checked by the callers that hold keys
+(:mod:`intramuros.ledger.verifier`, :mod:`intramuros.ledger.signing`), through
+the row checks :func:`walk_chain` accepts.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -40,8 +48,13 @@ Reason = Literal[
     "truncated",  # records after a checkpoint are gone
     "checkpoint_mismatch",  # the chain up to a checkpoint was rewritten wholesale
     "content_mismatch",  # stored content does not belong to its record
+    "content_deleted",  # stored content is gone and no erasure or purge names it
     "malformed",  # a row or export line cannot be read at all
     "manifest_mismatch",  # an export's records do not match its manifest
+    "forged",  # a record's MAC does not verify: written or rewritten without the key
+    "unauthenticated",  # a MAC or signature that must be there is missing
+    "unknown_key_version",  # a MAC, content or signature under a key version not loaded
+    "bad_signature",  # a checkpoint or manifest signature does not verify
 ]
 
 
@@ -81,15 +94,28 @@ class Checkpoint:
         seq: the last record's seq (0 for an empty ledger).
         hash: the last record's hash (:data:`GENESIS_HASH` for an empty ledger).
         ts: when the checkpoint was taken (unix time).
+        key_version: the ledger key version that signed it (``None``: unsigned).
+        signature: base64 Ed25519 signature over seq, hash, ts and key_version
+            (see :func:`intramuros.ledger.signing.checkpoint_message`).
     """
 
     seq: int
     hash: str
     ts: float
+    key_version: str | None = None
+    signature: str | None = None
+
+    @property
+    def signed(self) -> bool:
+        """Whether the checkpoint carries a signature (checking it needs a public key)."""
+        return self.signature is not None
 
     def to_json(self) -> str:
-        """One line of JSON to print, store or sign elsewhere."""
-        return canonical_json({"seq": self.seq, "hash": self.hash, "ts": self.ts})
+        """One line of JSON to print, store or hand to a third party."""
+        doc: dict[str, Any] = {"seq": self.seq, "hash": self.hash, "ts": self.ts}
+        if self.signed:
+            doc.update(key_version=self.key_version, signature=self.signature)
+        return canonical_json(doc)
 
     @classmethod
     def from_json(cls, text: str) -> Checkpoint:
@@ -100,6 +126,11 @@ class Checkpoint:
             raise InvalidRequest("The checkpoint is not valid JSON.", param="checkpoint") from None
         if not isinstance(doc, dict):
             raise InvalidRequest("The checkpoint must be a JSON object.", param="checkpoint")
+        return cls.from_dict(doc)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Checkpoint:
+        """A checkpoint from its parsed JSON; :class:`InvalidRequest` when it is not one."""
         seq, hash_, ts = doc.get("seq"), doc.get("hash"), doc.get("ts")
         if (
             not isinstance(seq, int)
@@ -114,8 +145,16 @@ class Checkpoint:
                 "The checkpoint needs seq (integer >= 0), hash (64 hex) and ts (number).",
                 param="checkpoint",
             )
+        version, signature = doc.get("key_version"), doc.get("signature")
+        if (version is None) != (signature is None) or not (
+            version is None or (isinstance(version, str) and isinstance(signature, str))
+        ):
+            raise InvalidRequest(
+                "A signed checkpoint needs both key_version and signature (strings).",
+                param="checkpoint",
+            )
         assert isinstance(hash_, str)
-        return cls(seq=seq, hash=hash_, ts=float(ts))
+        return cls(seq=seq, hash=hash_, ts=float(ts), key_version=version, signature=signature)
 
 
 @dataclass(frozen=True)
@@ -131,8 +170,22 @@ class VerifyReport:
         head_seq: the last record walked (0 when none).
         head_hash: that record's hash.
         content_checked: content rows decrypted and matched against their digest.
-        content_unchecked: content rows that could not be checked (no key loaded
-            for their version); not a failure, but worth a look.
+        content_unchecked: content rows that could not be checked because no
+            ledger key was loaded at all.
+        authenticated: whether the checks covered authenticity, not only
+            linkage: a ledger key was loaded and every record up to the head
+            is authenticated by a MAC (its own, or for a keyless prefix, that
+            of the first MAC'd record after it); for an export, the manifest's
+            signature verified under a public key given. ``ok`` without
+            ``authenticated`` means only that the records link: anyone able to
+            write them could have rewritten them consistently.
+        macs_checked: record MACs verified.
+        legacy_records: records without a MAC at the start of the chain
+            (written before the ledger had a key).
+        checkpoint_signed: for a verification against a checkpoint, whether
+            that checkpoint's signature was checked and held (``None``: no
+            checkpoint given).
+        warnings: things that are not failures but limit what was shown.
     """
 
     ok: bool
@@ -144,6 +197,11 @@ class VerifyReport:
     head_hash: str = GENESIS_HASH
     content_checked: int = 0
     content_unchecked: int = 0
+    authenticated: bool = False
+    macs_checked: int = 0
+    legacy_records: int = 0
+    checkpoint_signed: bool | None = None
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain JSON-able values."""
@@ -214,7 +272,10 @@ class MalformedRow(Exception):
         self.detail = detail
 
 
-ContentCheck = Callable[[ChainRow], str | None]
+# A check of one row that links correctly: ``(reason, sentence)`` when it fails.
+RowCheck = Callable[[ChainRow], tuple[Reason, str] | None]
+# A check once every row has passed: ``(first bad seq, reason, sentence)`` when it fails.
+FinalCheck = Callable[[], tuple[int, Reason, str] | None]
 
 
 def walk_chain(
@@ -224,16 +285,19 @@ def walk_chain(
     start_prev: str = GENESIS_HASH,
     checkpoint: Checkpoint | None = None,
     detect_truncation: bool = True,
-    content_check: ContentCheck | None = None,
+    checks: Sequence[RowCheck] = (),
+    final_check: FinalCheck | None = None,
 ) -> VerifyReport:
     """Verify every row of ``source`` and name the first bad record.
 
     Each row must carry the next seq, hash consistently with its own fields,
     and link to the previous row's hash. When one does not, the neighbours are
-    examined to tell an edit from a deletion, an insertion or a swap.
-    ``content_check`` returns a failure sentence for a row whose content does
-    not belong to it. With a ``checkpoint``, the row at its seq must have its
-    hash, and (with ``detect_truncation``) the chain must reach it.
+    examined to tell an edit from a deletion, an insertion or a swap. Then
+    each of ``checks`` runs on the row (record MACs, stored content), in
+    order; ``final_check`` runs once the last row passed (content deleted
+    without a tombstone can only be told at the end). With a ``checkpoint``,
+    the row at its seq must have its hash, and (with ``detect_truncation``)
+    the chain must reach it. Memory stays bounded: rows are streamed.
     """
     expected_seq, expected_prev = start_seq, start_prev
     head_seq, head_hash = start_seq - 1, start_prev
@@ -274,14 +338,22 @@ def walk_chain(
                         f"{checkpoint.hash[:16]}...: the chain up to it was rewritten."
                     ),
                 )
-            if content_check is not None and row.fields is not None:
-                problem = content_check(row)
+            for check in checks:
+                problem = check(row)
                 if problem is not None:
-                    return fail("content_mismatch", row.seq, f"record {row.seq}: {problem}")
+                    reason, detail = problem
+                    if reason in ("forged", "unauthenticated"):
+                        reason, detail = _diagnose_unkeyed(source, row, expected_prev, problem)
+                    return fail(reason, row.seq, f"record {row.seq}: {detail}")
             head_seq, head_hash = row.seq, row.hash
             expected_seq, expected_prev = row.seq + 1, row.hash
     except MalformedRow as exc:
         return fail("malformed", exc.seq, exc.detail)
+
+    if final_check is not None:
+        late = final_check()
+        if late is not None:
+            return fail(late[1], late[0], late[2])
 
     if checkpoint is not None and detect_truncation and checkpoint.seq > head_seq:
         return fail(
@@ -295,6 +367,29 @@ def walk_chain(
     return VerifyReport(
         ok=True, checked=head_seq - start_seq + 1, head_seq=head_seq, head_hash=head_hash
     )
+
+
+def _diagnose_unkeyed(
+    source: RowSource, row: ChainRow, expected_prev: str, problem: tuple[Reason, str]
+) -> tuple[Reason, str]:
+    """Row ``k`` links but was not written with the key: inserted, rewritten, or forged?"""
+    nxt = source.at(row.seq + 1)
+    if nxt is None:
+        return problem
+    # The genuine record k was pushed up to k+1: it still links to k-1.
+    if nxt.prev_hash == expected_prev and nxt.consistent_at(row.seq):
+        return (
+            "inserted",
+            f"it was not appended by the ledger ({problem[1]}); the genuine one follows.",
+        )
+    # Record k+1 still links to the original record k: k was rewritten in place.
+    if nxt.consistent() and nxt.prev_hash != row.hash:
+        return (
+            "edited",
+            f"it was rewritten with a recomputed hash ({problem[1]}); record {nxt.seq} still "
+            "links to the original.",
+        )
+    return problem
 
 
 def _diagnose_inconsistent(
@@ -353,9 +448,9 @@ def _diagnose_unlinked(
     )
 
 
-_HEX = frozenset("0123456789abcdef")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def is_hex64(value: Any) -> bool:
     """Whether ``value`` is a lowercase hex sha256."""
-    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX
+    return isinstance(value, str) and _HEX64.fullmatch(value) is not None

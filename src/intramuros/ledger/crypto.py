@@ -1,4 +1,4 @@
-"""Ledger keys: AES-256-GCM for stored content, HMAC-SHA256 for content digests.
+"""Ledger keys: content encryption and digests, record MACs, checkpoint signatures.
 
 Keys never touch the database. They come from a key file (several versions,
 one of them current) or from ``INTRAMUROS_LEDGER_KEY`` (one key, version
@@ -14,10 +14,17 @@ one of them current) or from ``INTRAMUROS_LEDGER_KEY`` (one key, version
     }
 
 Rotation adds a version and makes it current; older versions stay in the file
-so content written under them still decrypts. Each version's 32 bytes are a
-master key from which two sub-keys are derived with HKDF-SHA256, one for
-AES-256-GCM and one for the content digest, so the same bytes never serve two
-algorithms.
+so content written under them still decrypts, records MAC'd under them still
+verify and checkpoints signed under them still check. Each version's 32 bytes
+are a master key from which four sub-keys are derived with HKDF-SHA256, each
+with its own ``info`` string, so the same bytes never serve two algorithms:
+
+- AES-256-GCM for stored content;
+- HMAC-SHA256 for content digests;
+- HMAC-SHA256 for record MACs (``mac = HMAC(k, ascii(record hash))``);
+- an Ed25519 seed for signing checkpoints and export manifests. Its public key
+  (:meth:`LedgerKeys.public_keys`) goes to third parties; deriving it means
+  there is no second secret to keep.
 """
 
 from __future__ import annotations
@@ -38,12 +45,14 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from intramuros.errors import ConfigError, ServerError
 from intramuros.fsutil import write_atomic
 from intramuros.ledger.chain import canonical_json
+from intramuros.ledger.signing import PublicKeys
 
 KEY_FILE_FORMAT = "intramuros-ledger-keys/1"
 ENV_VAR = "INTRAMUROS_LEDGER_KEY"
@@ -56,6 +65,8 @@ _AAD_PREFIX = b"intramuros-ledger-content/1\n"
 _VERSION_RE = re.compile(r"[A-Za-z0-9._-]{1,50}")
 _AES_INFO = b"intramuros-ledger/aes-256-gcm"
 _DIGEST_INFO = b"intramuros-ledger/content-digest"
+_CHAIN_INFO = b"intramuros-ledger/record-mac"
+_SIGN_INFO = b"intramuros-ledger/ed25519-signing-seed"
 
 
 class LedgerKeyMissing(ServerError):
@@ -109,6 +120,10 @@ class LedgerKeys:
             raise ConfigError(f"The current ledger key version {current!r} is not in the key set.")
         self._aead = {v: AESGCM(_derive(k, _AES_INFO)) for v, k in keys.items()}
         self._mac = {v: _derive(k, _DIGEST_INFO) for v, k in keys.items()}
+        self._chain = {v: _derive(k, _CHAIN_INFO) for v, k in keys.items()}
+        self._signer = {
+            v: Ed25519PrivateKey.from_private_bytes(_derive(k, _SIGN_INFO)) for v, k in keys.items()
+        }
         self.current = current
 
     def __repr__(self) -> str:
@@ -119,6 +134,10 @@ class LedgerKeys:
     def versions(self) -> list[str]:
         """Every loaded version name, sorted."""
         return sorted(self._aead)
+
+    def has(self, version: str | None) -> bool:
+        """Whether ``version`` is loaded (cheap: the verifier asks it for every record)."""
+        return version in self._aead
 
     # -- loading -------------------------------------------------------------
 
@@ -213,6 +232,32 @@ class LedgerKeys:
         Erased content keeps no key version, so every version is tried.
         """
         return any(hmac.compare_digest(self.digest(plaintext, v), digest) for v in self._mac)
+
+    def record_mac(self, record_hash: str, version: str | None = None) -> tuple[str, str]:
+        """``(version, hex HMAC-SHA256 of the record hash)`` under ``version`` (default: current).
+
+        The record hash covers the record's fields and the previous hash, so
+        the MAC of one record authenticates the whole chain before it too.
+        """
+        version = version or self.current
+        mac = hmac.new(self._chain[version], record_hash.encode("ascii"), hashlib.sha256)
+        return version, mac.hexdigest()
+
+    def record_mac_matches(self, version: str, record_hash: str, mac: str) -> bool:
+        """Whether ``mac`` is the MAC of ``record_hash`` under ``version`` (a loaded one)."""
+        return hmac.compare_digest(self.record_mac(record_hash, version)[1], mac)
+
+    def sign(self, message: bytes, version: str | None = None) -> tuple[str, str]:
+        """``(version, base64 Ed25519 signature)`` of ``message`` (default: current version)."""
+        version = version or self.current
+        signature = self._signer[version].sign(message)
+        return version, base64.b64encode(signature).decode("ascii")
+
+    def public_keys(self) -> PublicKeys:
+        """The Ed25519 public key of every loaded version: what a third party needs."""
+        return PublicKeys(
+            {v: signer.public_key().public_bytes_raw() for v, signer in self._signer.items()}
+        )
 
 
 # --------------------------------------------------------------------------

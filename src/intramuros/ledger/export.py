@@ -1,4 +1,4 @@
-"""Ledger exports an auditor can verify without the database or the keys.
+"""Ledger exports an auditor can verify without the database or the ledger key.
 
 An export is a directory with two files:
 
@@ -12,11 +12,17 @@ An export is a directory with two files:
 
 ``manifest.json``
     The filters, the counts, the first seq and its ``prev_hash``, the last
-    seq and its ``hash``, and the sha256 of ``records.jsonl``.
+    seq and its ``hash``, and the sha256 of ``records.jsonl``. Written with a
+    ledger key, it also carries ``signed_head`` (a signed checkpoint of the
+    last exported record, usable as a checkpoint anywhere) and ``signature``
+    (Ed25519 over every other field of the manifest, hence over every line of
+    ``records.jsonl`` through its sha256). Before signing, the exporter
+    checks that the exported records link and that the last one's MAC (or, for
+    a record from before the ledger had a key, the MAC of the first keyed
+    record after it) verifies: the key's holder never signs a forged chain.
 
-:func:`verify_export` re-checks every hash and link of the slice, and the
-manifest. The slice's last hash can then be compared with a checkpoint the
-operator kept elsewhere.
+:func:`intramuros.ledger.export_verify.verify_export` re-checks every hash and
+link of the slice, the manifest, and, given the public keys, the signatures.
 """
 
 from __future__ import annotations
@@ -33,17 +39,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from intramuros.errors import InvalidRequest
-from intramuros.ledger.chain import (
-    GENESIS_HASH,
-    HASHED_FIELDS,
-    ChainRow,
-    Checkpoint,
-    MalformedRow,
-    VerifyReport,
-    canonical_json,
-    is_hex64,
-    walk_chain,
-)
+from intramuros.ledger.chain import HASHED_FIELDS, ChainRow, Checkpoint, canonical_json
+from intramuros.ledger.crypto import LedgerKeys
+from intramuros.ledger.errors import LedgerIntegrityError
+from intramuros.ledger.signing import checkpoint_message, manifest_message
 from intramuros.ledger.tables import ledger_records
 from intramuros.store.db import Database
 
@@ -56,8 +55,12 @@ HASH_SCHEME = (
     "keys, separators ',' and ':', non-ASCII kept as UTF-8, floats in shortest round-trip form; "
     "the first record's prev_hash is 64 zeros; redacted lines give body_hash directly"
 )
-_FULL_KEYS = frozenset((*HASHED_FIELDS, "prev_hash", "hash"))
-_REDACTED_KEYS = frozenset(("seq", "redacted", "body_hash", "prev_hash", "hash"))
+SIGNATURE_SCHEME = (
+    "Ed25519 over utf8('intramuros-ledger-export-manifest/1\\n') + canonical JSON of the manifest "
+    "without 'signature'; signed_head: Ed25519 over "
+    "utf8('intramuros-ledger-checkpoint/1\\n') + canonical JSON of {seq, hash, ts, key_version}; "
+    "public keys from `intramuros ledger public-key`"
+)
 _PAGE = 1000
 
 
@@ -68,11 +71,18 @@ def export_ledger(
     tenant: str | None = None,
     since: float | None = None,
     until: float | None = None,
+    keys: LedgerKeys | None = None,
 ) -> Path:
     """Write an export of the records matching the filters into ``out_dir``; return it.
 
     ``since`` is inclusive and ``until`` exclusive (unix times). Refuses a
-    directory that already holds an export.
+    directory that already holds an export. With ``keys``, the manifest is
+    signed (see the module's description).
+
+    Raises:
+        InvalidRequest: ``out_dir`` already holds an export.
+        LedgerIntegrityError: with ``keys``, the records to export do not
+            link, or their last MAC does not verify (nothing is written).
     """
     records_path, manifest_path = out_dir / RECORDS_FILE, out_dir / MANIFEST_FILE
     if records_path.exists() or manifest_path.exists():
@@ -101,25 +111,18 @@ def export_ledger(
     digest = hashlib.sha256()
     count = matched = 0
     first_prev: str | None = None
-    last_hash: str | None = None
+    last: Any = None
+    check = _LinkCheck() if keys is not None else None
     tmp = records_path.with_name(RECORDS_FILE + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="\n") as fh:
-        last = (int(lo) - 1) if lo is not None else 0
-        while lo is not None:
-            query = (
-                sa.select(ledger_records)
-                .where(r.seq > last, r.seq <= int(hi))
-                .order_by(r.seq)
-                .limit(_PAGE)
-            )
-            with db.begin() as conn:
-                rows = conn.execute(query).all()
-            if not rows:
-                break
+    try:
+        with tmp.open("w", encoding="utf-8", newline="\n") as fh:
+            rows = _rows(db, int(lo) - 1, int(hi)) if lo is not None else iter(())
             for row in rows:
                 chain_row = ChainRow.from_fields(
                     {name: getattr(row, name) for name in HASHED_FIELDS}, row.prev_hash, row.hash
                 )
+                if check is not None:
+                    check(chain_row)
                 if matches(row):
                     line = {
                         **(chain_row.fields or {}),
@@ -141,12 +144,15 @@ def export_ledger(
                 count += 1
                 if first_prev is None:
                     first_prev = row.prev_hash
-                last_hash = row.hash
-            last = int(rows[-1].seq)
-        fh.flush()
-        os.fsync(fh.fileno())
+                last = row
+            fh.flush()
+            os.fsync(fh.fileno())
+        vouched = keys is not None and last is not None and _authenticate(db, keys, last)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, records_path)
-    manifest = {
+    manifest: dict[str, Any] = {
         "format": EXPORT_FORMAT,
         "hash_scheme": HASH_SCHEME,
         "filters": {"tenant": tenant, "since": since, "until": until},
@@ -156,143 +162,94 @@ def export_ledger(
         "first_seq": int(lo) if lo is not None else None,
         "last_seq": int(hi) if hi is not None else None,
         "first_prev_hash": first_prev,
-        "last_hash": last_hash,
+        "last_hash": last.hash if last is not None else None,
         "records_sha256": digest.hexdigest(),
         "generated_at": time.time(),
+        "signed_head": None,
     }
+    if keys is not None and vouched:
+        head = Checkpoint(
+            seq=int(last.seq), hash=str(last.hash), ts=manifest["generated_at"],
+            key_version=keys.current,
+        )  # fmt: skip
+        version, signature = keys.sign(checkpoint_message(head))
+        signed_head = replace(head, key_version=version, signature=signature)
+        manifest["signed_head"] = json.loads(signed_head.to_json())
+        manifest["signature_scheme"] = SIGNATURE_SCHEME
+        version, signature = keys.sign(manifest_message(manifest))
+        manifest["signature"] = {"key_version": version, "value": signature}
     manifest_path.write_text(
         json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
     return out_dir
 
 
-def verify_export(path: Path | str, *, checkpoint: Checkpoint | None = None) -> VerifyReport:
-    """Re-verify an export directory on its own: every hash, every link, the manifest.
+def _rows(db: Database, after: int, upto: int | None) -> Iterator[Any]:
+    """``ledger_records`` rows with seq in ``(after, upto]`` (no bound: to the end), by page."""
+    r = ledger_records.c
+    last = after
+    while True:
+        query = sa.select(ledger_records).where(r.seq > last).order_by(r.seq).limit(_PAGE)
+        if upto is not None:
+            query = query.where(r.seq <= upto)
+        with db.begin() as conn:
+            rows = conn.execute(query).all()
+        if not rows:
+            return
+        yield from rows
+        last = int(rows[-1].seq)
 
-    Needs neither the database nor the keys. With a ``checkpoint`` whose seq
-    lies in the slice, the record there must carry the checkpoint's hash.
-    Never raises for a bad export: the report says what is wrong.
+
+class _LinkCheck:
+    """Raises :class:`LedgerIntegrityError` at the first row that breaks the chain."""
+
+    def __init__(self) -> None:
+        self.prev: ChainRow | None = None
+
+    def __call__(self, row: ChainRow) -> None:
+        broken = not row.consistent() or (
+            self.prev is not None
+            and (row.seq != self.prev.seq + 1 or row.prev_hash != self.prev.hash)
+        )
+        if broken:
+            raise LedgerIntegrityError(
+                f"Refusing to sign an export: the chain breaks at record {row.seq}. Run "
+                "`intramuros ledger verify`."
+            )
+        self.prev = row
+
+
+def _authenticate(db: Database, keys: LedgerKeys, last: Any) -> bool:
+    """Whether ``last`` is vouched for by a MAC: its own, or the next keyed record's.
+
+    ``False`` when the ledger holds no MAC'd record at all (it was written
+    without a key so far): the export is then left unsigned.
     """
-    directory = Path(path)
-    try:
-        manifest = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
-        records_bytes_sha = _sha256_file(directory / RECORDS_FILE)
-    except (OSError, ValueError) as exc:
-        return VerifyReport(
-            ok=False, checked=0, reason="malformed", detail=f"cannot read the export: {exc}"
+    check = _LinkCheck()
+    for row in _rows(db, int(last.seq) - 1, None):
+        check(ChainRow.from_fields({n: getattr(row, n) for n in HASHED_FIELDS}, row.prev_hash,
+                                   row.hash))  # fmt: skip
+        if row.mac_version is None:
+            continue
+        if not keys.has(row.mac_version) or not isinstance(row.mac, str):
+            problem = f"has a MAC under key version {row.mac_version!r}, which is not loaded"
+        elif not keys.record_mac_matches(row.mac_version, str(row.hash), row.mac):
+            problem = "has a MAC that does not verify"
+        else:
+            return True
+        raise LedgerIntegrityError(
+            f"Refusing to sign an export: record {row.seq} {problem}. Run "
+            "`intramuros ledger verify`."
         )
-    problem = _manifest_problem(manifest)
-    if problem:
-        return VerifyReport(ok=False, checked=0, reason="malformed", detail=problem)
-    first_seq = manifest["first_seq"] or 1
-    report = walk_chain(
-        _FileSource(directory / RECORDS_FILE),
-        start_seq=first_seq,
-        start_prev=manifest["first_prev_hash"] or GENESIS_HASH,
-        checkpoint=checkpoint,
-        detect_truncation=False,
-    )
-    if not report.ok:
-        return report
-    expected = (manifest["count"], manifest["last_seq"] or 0, manifest["last_hash"] or GENESIS_HASH)
-    found = (report.checked, report.head_seq, report.head_hash)
-    if expected != found:
-        return VerifyReport(
-            ok=False,
-            checked=report.checked,
-            reason="manifest_mismatch",
-            detail=(
-                f"the manifest promises {expected[0]} records ending at "
-                f"{expected[1]}, the file holds {found[0]} ending at "
-                f"{found[1]}."
-            ),
-            head_seq=report.head_seq,
-            head_hash=report.head_hash,
+    r = ledger_records.c
+    with db.begin() as conn:
+        keyed = conn.execute(
+            sa.select(r.seq).where(r.mac_version.is_not(None)).order_by(r.seq).limit(1)
+        ).first()
+    if keyed is not None:
+        raise LedgerIntegrityError(
+            f"Refusing to sign an export: the records from {last.seq} on carry no MAC although "
+            f"record {keyed.seq} does: they were written without the ledger key. Run "
+            "`intramuros ledger verify`."
         )
-    if records_bytes_sha != manifest["records_sha256"]:
-        # The chain inside holds, yet the bytes differ from what was exported
-        # (reformatted, or lines changed together with the manifest's hashes).
-        return replace(
-            report,
-            ok=False,
-            reason="manifest_mismatch",
-            detail=f"{RECORDS_FILE} does not hash to the manifest's sha256.",
-        )
-    return report
-
-
-class _FileSource:
-    """An export's ``records.jsonl`` as a :class:`~intramuros.ledger.chain.RowSource`."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def rows(self) -> Iterator[ChainRow]:
-        with self.path.open("r", encoding="utf-8", newline="\n") as fh:
-            for number, line in enumerate(fh, start=1):
-                yield _parse_line(line, number)
-
-    def at(self, seq: int) -> ChainRow | None:
-        # Linear scans: these run only to diagnose a failure already found.
-        return next((row for row in self._quiet_rows() if row.seq == seq), None)
-
-    def with_prev(self, prev_hash: str) -> list[ChainRow]:
-        return [row for row in self._quiet_rows() if row.prev_hash == prev_hash]
-
-    def _quiet_rows(self) -> Iterator[ChainRow]:
-        with self.path.open("r", encoding="utf-8", newline="\n") as fh:
-            for number, line in enumerate(fh, start=1):
-                try:
-                    yield _parse_line(line, number)
-                except MalformedRow:
-                    continue
-
-
-def _parse_line(line: str, number: int) -> ChainRow:
-    try:
-        doc = json.loads(line)
-    except ValueError:
-        raise MalformedRow(None, f"line {number} of {RECORDS_FILE} is not JSON.") from None
-    if not isinstance(doc, dict):
-        raise MalformedRow(None, f"line {number} of {RECORDS_FILE} is not a JSON object.")
-    seq = doc.get("seq")
-    if not isinstance(seq, int) or isinstance(seq, bool):
-        raise MalformedRow(None, f"line {number} of {RECORDS_FILE} has no integer seq.")
-    if not is_hex64(doc.get("prev_hash")) or not is_hex64(doc.get("hash")):
-        raise MalformedRow(seq, f"record {seq} (line {number}) lacks a valid prev_hash or hash.")
-    if doc.get("redacted") is True:
-        if set(doc) != _REDACTED_KEYS or not is_hex64(doc["body_hash"]):
-            raise MalformedRow(seq, f"record {seq} (line {number}) is not a valid redacted line.")
-        return ChainRow(seq, doc["prev_hash"], doc["hash"], doc["body_hash"])
-    if set(doc) != _FULL_KEYS:
-        raise MalformedRow(seq, f"record {seq} (line {number}) does not have the record fields.")
-    try:
-        return ChainRow.from_fields(
-            {name: doc[name] for name in HASHED_FIELDS}, doc["prev_hash"], doc["hash"]
-        )
-    except (TypeError, ValueError) as exc:
-        raise MalformedRow(seq, f"record {seq} (line {number}) cannot be hashed: {exc}") from None
-
-
-def _manifest_problem(manifest: Any) -> str | None:
-    if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
-        return f"{MANIFEST_FILE} is not an {EXPORT_FORMAT} manifest."
-    if not isinstance(manifest.get("count"), int):
-        return f"{MANIFEST_FILE} lacks an integer count."
-    for name in ("first_seq", "last_seq"):
-        if manifest.get(name) is not None and not isinstance(manifest.get(name), int):
-            return f"{MANIFEST_FILE} has a non-integer {name}."
-    for name in ("first_prev_hash", "last_hash"):
-        if manifest.get(name) is not None and not is_hex64(manifest.get(name)):
-            return f"{MANIFEST_FILE} has an invalid {name}."
-    if not is_hex64(manifest.get("records_sha256")):
-        return f"{MANIFEST_FILE} lacks the sha256 of {RECORDS_FILE}."
-    return None
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return False

@@ -1,33 +1,32 @@
-"""The tamper-evident ledger: append, read, verify, erase and purge.
+"""The tamper-evident ledger: append, read, verify, checkpoint, erase and purge.
 
 Every event the gateway must be able to prove (a model call, an admin action,
 an erasure) is appended as one record of a hash chain (see
-:mod:`intramuros.ledger.chain`). A record's optional content (prompt, answer)
-is stored apart, encrypted with AES-256-GCM, and only its keyed digest enters
-the chain: erasing the content for a data subject or for retention leaves a
-chain that still verifies, plus a tombstone record saying who erased what.
+:mod:`intramuros.ledger.chain`), and, when a ledger key is loaded, with a MAC
+of its hash under that key: a database writer without the key can neither
+append nor rewrite records unnoticed. A record's optional content (prompt,
+answer) is stored apart, encrypted with AES-256-GCM, and only its keyed
+digest enters the chain: erasing the content for a data subject or for
+retention leaves a chain that still verifies, plus a tombstone record saying
+who erased what.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import json
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import SQLAlchemyError
 
-from intramuros.errors import InvalidRequest, NotFound, ServerError
+from intramuros.errors import InvalidRequest, NotFound
 from intramuros.ledger.chain import (
     GENESIS_HASH,
-    ChainRow,
     Checkpoint,
     VerifyReport,
     body_hash,
@@ -35,10 +34,14 @@ from intramuros.ledger.chain import (
     record_hash,
     walk_chain,
 )
-from intramuros.ledger.crypto import LedgerKeyError, LedgerKeyMissing, LedgerKeys, content_aad
+from intramuros.ledger.crypto import LedgerKeyMissing, LedgerKeys, content_aad
+from intramuros.ledger.errors import LedgerIntegrityError, LedgerKeyRequired
 from intramuros.ledger.export import export_ledger
 from intramuros.ledger.rows import DbSource, LedgerEntry, entry_from_row, head_row
+from intramuros.ledger.signing import PublicKeys, checkpoint_message, checkpoint_problem
+from intramuros.ledger.storage import locked, scrub
 from intramuros.ledger.tables import ledger_content, ledger_records
+from intramuros.ledger.verifier import ChainVerifier
 from intramuros.store.db import Database
 
 # Content rows deleted per transaction (and named per tombstone) by erasure and
@@ -46,27 +49,8 @@ from intramuros.store.db import Database
 # grows, and stays under SQLite's bound-parameter limit.
 SHRED_BATCH = 500
 _MAX_NAME = 200
-
-
-class LedgerIntegrityError(ServerError):
-    """Stored content decrypts but is not the content its record was written with."""
-
-    code = "ledger_integrity_error"
-
-
-class LedgerScrubError(ServerError):
-    """Content was erased and the erasure recorded, but the database file was not scrubbed.
-
-    Until a later ``VACUUM`` succeeds, the erased ciphertext may linger in free
-    pages (or SQLite's write-ahead log). ``erased`` is the number of content
-    rows the erasure deleted.
-    """
-
-    code = "ledger_scrub_error"
-
-    def __init__(self, message: str, *, erased: int) -> None:
-        super().__init__(message)
-        self.erased = erased
+_INSERT_RECORD = ledger_records.insert()
+_INSERT_CONTENT = ledger_content.insert()
 
 
 class Ledger:
@@ -74,8 +58,9 @@ class Ledger:
 
     Args:
         db: the database holding ``ledger_records`` and ``ledger_content``.
-        keys: the ledger keys; without them records can still be appended,
-            but content can be neither stored nor read.
+        keys: the ledger keys. Without them records carry no MAC (so nothing
+            proves who wrote them), content can be neither stored nor read,
+            and once the chain holds MAC'd records, appends are refused.
         pg_vacuum_full: on PostgreSQL, scrub erased content with ``VACUUM
             FULL`` (really gone from the table file, but locks the content
             table during the rewrite) rather than plain ``VACUUM`` (no lock,
@@ -112,6 +97,7 @@ class Ledger:
             InvalidRequest: a field is not a short string, or data/content is
                 not JSON-serialisable.
             LedgerKeyMissing: content was given but no key is configured.
+            LedgerKeyRequired: no key is loaded, and the chain is keyed.
         """
         _check_name(kind, "kind", nullable=False, limit=50)
         for name, value in (("tenant", tenant), ("key_id", key_id), ("subject", subject)):
@@ -121,7 +107,7 @@ class Ledger:
         if content is not None:
             self._require_keys("store ledger content")  # fail before taking the lock
             plaintext = _to_json(content, "content").encode("utf-8")
-        with self._locked() as conn:
+        with locked(self.db) as conn:
             return self._append_locked(
                 conn,
                 kind,
@@ -156,6 +142,30 @@ class Ledger:
         cutoff = float(older_than_ts)
         where = sa.and_(ledger_records.c.tenant == tenant, ledger_records.c.ts < cutoff)
         return self._shred("purge", tenant, None, where, actor, {"older_than": cutoff})
+
+    def shred_tenant(self, tenant: str, *, actor: str) -> int:
+        """Delete the stored content of every record of ``tenant`` (the tenant is deleted).
+
+        The records and their digests stay, so the chain still verifies and
+        the tenant's history can still be audited; ``tenant_erasure``
+        tombstones name every content row deleted. Returns their number.
+        """
+        _check_name(tenant, "tenant", nullable=False, limit=_MAX_NAME)
+        where = ledger_records.c.tenant == tenant
+        return self._shred("tenant_erasure", tenant, None, where, actor, {})
+
+    def require_appendable(self) -> None:
+        """Refuse now what an append would refuse: a keyed chain and no key loaded.
+
+        One indexed read. Call it before an action that must be on record, so
+        that the action is refused instead of being done and left unrecorded.
+
+        Raises:
+            LedgerKeyRequired: the chain holds MAC'd records and no key is loaded.
+        """
+        if self.keys is None:
+            with self.db.begin() as conn:
+                _refuse_keyless(head_row(conn))
 
     # -- reading -------------------------------------------------------------
 
@@ -252,33 +262,95 @@ class Ledger:
         return [entry_from_row(row) for row in rows]
 
     def checkpoint(self) -> Checkpoint:
-        """The current head (seq and hash), to print and keep outside the database."""
+        """The current head (seq and hash), signed when a key is loaded.
+
+        Print it and keep it outside the database (or hand it to a third
+        party with :meth:`public_keys`). With a key, the head record's MAC
+        must verify first: a tail forged in the database is never signed
+        (:class:`LedgerIntegrityError`). A head without a MAC (records from
+        before the ledger had a key) is sealed first: a ``seal`` record is
+        appended with the key (its MAC authenticates every record before it)
+        and the checkpoint is of that record. Without a key, the checkpoint is
+        unsigned, as before signing existed.
+        """
         with self.db.begin() as conn:
             head = head_row(conn)
+        if self.keys is None:
+            seq, hash_ = (int(head.seq), str(head.hash)) if head else (0, GENESIS_HASH)
+            return Checkpoint(seq=seq, hash=hash_, ts=time.time())
+        keys = self.keys
+        if head is not None and head.mac_version is None:
+            head = self._seal(int(head.seq))
+        elif head is not None:
+            problem = _head_problem(keys, head)
+            if problem is not None:
+                raise LedgerIntegrityError(
+                    f"Refusing to sign a checkpoint: record {head.seq} (the head) {problem} "
+                    "Run `intramuros ledger verify`."
+                )
         seq, hash_ = (int(head.seq), str(head.hash)) if head else (0, GENESIS_HASH)
-        return Checkpoint(seq=seq, hash=hash_, ts=time.time())
+        unsigned = Checkpoint(seq=seq, hash=hash_, ts=time.time(), key_version=keys.current)
+        version, signature = keys.sign(checkpoint_message(unsigned))
+        return replace(unsigned, key_version=version, signature=signature)
+
+    def public_keys(self) -> PublicKeys:
+        """The public keys that check this ledger's checkpoints and exports (every version).
+
+        Raises:
+            LedgerKeyMissing: no key is configured.
+        """
+        return self._require_keys("derive the ledger's public keys").public_keys()
 
     # -- verifying and exporting ---------------------------------------------
 
     def verify(self, checkpoint: Checkpoint | None = None) -> VerifyReport:
-        """Walk the whole chain and every stored content; name the first bad record.
+        """Walk the whole chain, every MAC and every stored content; name the first bad record.
 
-        Records appended while the walk runs are not included. A truncated
-        tail is only visible against a ``checkpoint`` taken earlier and kept
-        elsewhere. Without keys, content is counted as unchecked.
+        With a key, ``authenticated`` in the report says the chain up to its
+        head is the one the key's holder wrote. Without one, only linkage is
+        checked (``authenticated`` is false). A truncated tail is only visible
+        against a ``checkpoint`` taken earlier and kept elsewhere; a signed
+        checkpoint whose signature fails is refused (``bad_signature``), an
+        unsigned one is used with a warning. Records appended while the walk
+        runs are not included (unless content went missing meanwhile: then
+        the walk goes on to the head, where the erasure's tombstone is).
         """
+        signed: bool | None = None
+        warnings: list[str] = []
+        if checkpoint is not None:
+            signed = False
+            if not checkpoint.signed:
+                warnings.append(
+                    "the checkpoint is unsigned: it proves the head only to whoever kept it "
+                    "out of reach of the database's writers."
+                )
+            elif self.keys is None:
+                warnings.append("the checkpoint's signature was not checked: no ledger key.")
+            else:
+                problem = checkpoint_problem(checkpoint, self.keys.public_keys())
+                if problem is not None:
+                    return VerifyReport(
+                        ok=False,
+                        checked=0,
+                        reason=problem[0],
+                        detail=problem[1],
+                        checkpoint_signed=False,
+                    )
+                signed = True
         with self.db.begin() as conn:
             head = head_row(conn)
-        source = DbSource(self.db, int(head.seq) if head else 0)
-        counts = {"checked": 0, "unchecked": 0}
-
-        def check(row: ChainRow) -> str | None:
-            return self._check_content(row, counts)
-
-        report = walk_chain(source, checkpoint=checkpoint, content_check=check)
-        return replace(
-            report, content_checked=counts["checked"], content_unchecked=counts["unchecked"]
+        verifier = ChainVerifier(self.db, self.keys)
+        source = DbSource(
+            self.db, int(head.seq) if head else 0, extend=lambda: bool(verifier.pending)
         )
+        report = walk_chain(
+            source,
+            checkpoint=checkpoint,
+            checks=(verifier.check_mac, verifier.check_content),
+            final_check=verifier.final_check,
+        )
+        report = replace(report, checkpoint_signed=signed, warnings=tuple(warnings))
+        return verifier.finish(report)
 
     def export(
         self,
@@ -290,9 +362,12 @@ class Ledger:
     ) -> Path:
         """Write ``records.jsonl`` and ``manifest.json`` into ``out_dir``; return it.
 
-        See :func:`intramuros.ledger.export.export_ledger`.
+        With a key, the manifest is signed and carries a signed head; see
+        :func:`intramuros.ledger.export.export_ledger`.
         """
-        return export_ledger(self.db, Path(out_dir), tenant=tenant, since=since, until=until)
+        return export_ledger(
+            self.db, Path(out_dir), tenant=tenant, since=since, until=until, keys=self.keys
+        )
 
     # -- internals -----------------------------------------------------------
 
@@ -300,55 +375,10 @@ class Ledger:
         if self.keys is None:
             raise LedgerKeyMissing(
                 f"Cannot {action}: no ledger key is configured. Create a key file with "
-                "`generate_key_file` or set INTRAMUROS_LEDGER_KEY (base64 of 32 bytes)."
+                "`intramuros ledger keygen` and pass it with --ledger-key-file (setting "
+                "ledger_key_file), or set INTRAMUROS_LEDGER_KEY (base64 of 32 bytes)."
             )
         return self.keys
-
-    @contextmanager
-    def _locked(self, *, secure_delete: bool = False) -> Iterator[Connection]:
-        """A write transaction that holds the ledger's append lock until it ends.
-
-        The chain needs one writer at a time: two appends reading the same head
-        would fork it. On SQLite, ``BEGIN IMMEDIATE`` takes the database's
-        write lock before the head is read (a plain deferred BEGIN would only
-        take it at the INSERT, after both writers read the same head; the
-        loser then fails instead of waiting). On PostgreSQL, ``LOCK TABLE ...
-        IN SHARE ROW EXCLUSIVE MODE``: it conflicts with itself and with every
-        INSERT/UPDATE/DELETE but not with readers, is scoped to this schema's
-        table, and is released at commit or rollback. ``SELECT ... FOR UPDATE``
-        on the head row is not enough for an append-only table: there is no
-        row to lock while it is empty, and a waiter that wakes re-reads the old
-        head row, not the one just inserted after it, so both would take the
-        same seq. An advisory lock would work too, but its key is per database,
-        not per schema, and needs a magic number.
-        """
-        try:
-            if self._sqlite:
-                with self.db.engine.connect() as conn:
-                    # Autocommit at the driver so that pysqlite issues no BEGIN
-                    # of its own; we write BEGIN IMMEDIATE / COMMIT ourselves.
-                    conn.execution_options(isolation_level="AUTOCOMMIT")
-                    previous = None
-                    if secure_delete:
-                        # Freed cells are overwritten with zeros, not just unlinked.
-                        previous = conn.exec_driver_sql("PRAGMA secure_delete").scalar()
-                        conn.exec_driver_sql("PRAGMA secure_delete=ON")
-                    conn.exec_driver_sql("BEGIN IMMEDIATE")
-                    try:
-                        yield conn
-                    except BaseException:
-                        with contextlib.suppress(SQLAlchemyError):
-                            conn.exec_driver_sql("ROLLBACK")
-                        raise
-                    conn.exec_driver_sql("COMMIT")
-                    if previous is not None:
-                        conn.exec_driver_sql(f"PRAGMA secure_delete={int(previous)}")
-            else:
-                with self.db.engine.begin() as conn:
-                    conn.execute(sa.text("LOCK TABLE ledger_records IN SHARE ROW EXCLUSIVE MODE"))
-                    yield conn
-        except SQLAlchemyError as exc:
-            raise ServerError(f"Ledger database error: {type(exc).__name__}") from exc
 
     def _append_locked(
         self,
@@ -362,6 +392,8 @@ class Ledger:
         plaintext: bytes | None,
     ) -> LedgerEntry:
         head = head_row(conn)
+        if self.keys is None:
+            _refuse_keyless(head)
         seq = int(head.seq) + 1 if head else 1
         prev = str(head.hash) if head else GENESIS_HASH
         encrypted: tuple[str, bytes, bytes] | None = None
@@ -383,13 +415,18 @@ class Ledger:
             "content_digest": digest,
         }
         hash_ = record_hash(prev, body_hash(fields))
-        conn.execute(ledger_records.insert().values(**fields, prev_hash=prev, hash=hash_))
+        mac_version, mac = self.keys.record_mac(hash_) if self.keys is not None else (None, None)
+        # Parameters apart from the statement: it is compiled once and cached,
+        # which keeps this hot path (every model call) cheap.
+        conn.execute(
+            _INSERT_RECORD,
+            {**fields, "prev_hash": prev, "hash": hash_, "mac_version": mac_version, "mac": mac},
+        )
         if encrypted is not None:
             version, nonce, ciphertext = encrypted
             conn.execute(
-                ledger_content.insert().values(
-                    seq=seq, key_version=version, nonce=nonce, ciphertext=ciphertext
-                )
+                _INSERT_CONTENT,
+                {"seq": seq, "key_version": version, "nonce": nonce, "ciphertext": ciphertext},
             )
         return LedgerEntry(
             seq=seq,
@@ -403,6 +440,8 @@ class Ledger:
             prev_hash=prev,
             hash=hash_,
             has_content=encrypted is not None,
+            mac_version=mac_version,
+            mac=mac,
         )
 
     def _shred(
@@ -425,7 +464,7 @@ class Ledger:
         )
         total, first = 0, True
         while True:
-            with self._locked(secure_delete=True) as conn:
+            with locked(self.db, secure_delete=True) as conn:
                 seqs = [int(s) for s in conn.execute(select_seqs).scalars()]
                 # The first batch always leaves a tombstone, even an empty one:
                 # the request itself is what an auditor asks about.
@@ -446,76 +485,38 @@ class Ledger:
             if len(seqs) < SHRED_BATCH:
                 break
         if total:
-            self._scrub(total)
+            scrub(self.db, total, pg_vacuum_full=self.pg_vacuum_full)
         return total
 
-    def _scrub(self, erased: int) -> None:
-        """Rewrite the database so that deleted ciphertext leaves its files on disk.
+    def _seal(self, legacy_head: int) -> Any:
+        """Append a ``seal`` record with the key after records written without one.
 
-        SQLite: the DELETE ran with ``secure_delete`` (freed cells zeroed);
-        ``VACUUM`` then rebuilds the file without free pages, and a TRUNCATE
-        checkpoint empties the write-ahead log, which still holds the old page
-        images. PostgreSQL (outside a transaction, as VACUUM must run): plain
-        ``VACUUM`` only marks dead tuples' space free, and a dead tuple lying
-        in what becomes a page's free gap keeps its bytes in the table file
-        until reused (measured on PostgreSQL 15). ``VACUUM FULL`` rewrites the
-        table into a new file and drops the old one, at the price of an
-        exclusive lock on ``ledger_content`` for the rewrite (appends with
-        content wait; appends without do not). Neither reaches PostgreSQL's
-        WAL segments, WAL archives or backups, which keep the ciphertext until
-        they are recycled.
+        Refused when MAC'd records exist already: then the head without a MAC
+        was written by someone without the key, and sealing would vouch for it.
         """
-        try:
-            with self.db.engine.connect() as conn:
-                conn.execution_options(isolation_level="AUTOCOMMIT")
-                if self._sqlite:
-                    conn.exec_driver_sql("VACUUM")
-                    busy = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()[0]
-                    if busy:
-                        raise LedgerScrubError(
-                            f"Erased {erased} content rows, but readers kept the write-ahead "
-                            "log from being emptied; run `PRAGMA wal_checkpoint(TRUNCATE)` "
-                            "when the server is idle.",
-                            erased=erased,
-                        )
-                elif self.pg_vacuum_full:
-                    conn.exec_driver_sql("VACUUM FULL ledger_content")
-                else:
-                    conn.exec_driver_sql("VACUUM ledger_content")
-        except SQLAlchemyError as exc:
-            raise LedgerScrubError(
-                f"Erased {erased} content rows (recorded in the ledger), but VACUUM failed "
-                f"({type(exc).__name__}); run it again before relying on the erasure on disk.",
-                erased=erased,
-            ) from exc
-
-    def _check_content(self, row: ChainRow, counts: dict[str, int]) -> str | None:
-        """The content check of :meth:`verify`: None when fine or not checkable."""
-        stored = row.extra
-        if stored is None:
-            return None  # never had content, or erased: the digest alone stays
-        assert row.fields is not None
-        digest = row.fields["content_digest"]
-        if digest is None:
-            return "content is stored for a record written without content."
-        version, nonce, ciphertext = stored
-        if self.keys is None or version not in self.keys.versions:
-            counts["unchecked"] += 1
-            return None
-        try:
-            plaintext = self.keys.decrypt(
-                version, nonce, ciphertext, content_aad(row.seq, row.fields["tenant"])
+        with locked(self.db) as conn:
+            keyed = conn.execute(
+                sa.select(ledger_records.c.seq)
+                .where(ledger_records.c.mac_version.is_not(None))
+                .order_by(ledger_records.c.seq)
+                .limit(1)
+            ).first()
+            if keyed is not None:
+                raise LedgerIntegrityError(
+                    f"Refusing to sign a checkpoint: record {legacy_head} (the head) carries no "
+                    f"MAC although record {keyed.seq} before it does: it was written without "
+                    "the ledger key. Run `intramuros ledger verify`."
+                )
+            self._append_locked(
+                conn,
+                "seal",
+                tenant=None,
+                key_id=None,
+                subject=None,
+                data_json=canonical_json({"sealed_through": legacy_head}),
+                plaintext=None,
             )
-        except LedgerKeyError:
-            return (
-                f"its stored content does not authenticate under key version {version!r}: "
-                "it was altered or copied from another record (or a different key is loaded "
-                "under that version)."
-            )
-        if not hmac.compare_digest(self.keys.digest(plaintext, version), digest):
-            return "its stored content does not match the record's content digest."
-        counts["checked"] += 1
-        return None
+            return head_row(conn)
 
 
 def _check_name(value: Any, param: str, *, nullable: bool, limit: int) -> None:
@@ -536,3 +537,23 @@ def _to_json(value: Any, param: str) -> str:
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(f"{param} is not JSON-serialisable: {exc}", param=param) from None
     return text
+
+
+def _refuse_keyless(head: Any) -> None:
+    if head is not None and head.mac_version is not None:
+        raise LedgerKeyRequired(
+            f"The ledger's records are authenticated with the ledger key (record {head.seq}, "
+            f"key version {head.mac_version!r}), and no key is loaded: new records would not "
+            "be. Configure the key with --ledger-key-file (setting ledger_key_file, env "
+            "INTRAMUROS_LEDGER_KEY_FILE) or INTRAMUROS_LEDGER_KEY."
+        )
+
+
+def _head_problem(keys: LedgerKeys, head: Any) -> str | None:
+    if not keys.has(head.mac_version):
+        return f"has a MAC under key version {head.mac_version!r}, which is not loaded."
+    if not isinstance(head.mac, str) or not keys.record_mac_matches(
+        head.mac_version, str(head.hash), head.mac
+    ):
+        return "has a MAC that does not verify: it was written without the ledger key."
+    return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,8 @@ class LedgerEntry:
     prev_hash: str
     hash: str
     has_content: bool
+    mac_version: str | None = None
+    mac: str | None = None
 
     @property
     def data(self) -> dict[str, Any]:
@@ -57,18 +59,48 @@ class LedgerEntry:
         }
 
 
-class DbSource:
-    """The live ledger as a :class:`~intramuros.ledger.chain.RowSource`, up to ``upto``."""
+@dataclass(frozen=True)
+class StoredExtra:
+    """What the database holds beside a record's hashed fields.
 
-    def __init__(self, db: Database, upto: int) -> None:
+    ``content`` is ``(key_version, nonce, ciphertext)`` when content is
+    stored; ``mac_version`` and ``mac`` are the record's MAC (``None`` on a
+    record written without a key).
+    """
+
+    content: tuple[str, bytes, bytes] | None
+    mac_version: str | None
+    mac: str | None
+
+
+class DbSource:
+    """The live ledger as a :class:`~intramuros.ledger.chain.RowSource`, up to ``upto``.
+
+    ``extend`` is asked once the rows up to ``upto`` are read: when it says
+    so, the rows appended since (up to the head at that moment) are read too.
+    The verifier uses it when content went missing during the walk: the
+    erasure that deleted it appended its tombstone in the same transaction,
+    after ``upto`` was read.
+    """
+
+    def __init__(self, db: Database, upto: int, extend: Callable[[], bool] | None = None) -> None:
         self.db = db
         self.upto = upto
+        self.extend = extend
 
     def rows(self) -> Iterator[ChainRow]:
-        """Every record from seq 1 to ``upto``, with its stored content."""
+        """Every record from seq 1 to ``upto`` (or the later head), with its stored content."""
+        yield from self._range(0, self.upto)
+        if self.extend is not None and self.extend():
+            with self.db.begin() as conn:
+                head = head_row(conn)
+            if head is not None and int(head.seq) > self.upto:
+                yield from self._range(self.upto, int(head.seq))
+
+    def _range(self, after: int, upto: int) -> Iterator[ChainRow]:
         # Keyset pages, each in its own short transaction: no server-side
         # cursor, and no transaction held open across the whole walk.
-        last = 0
+        last = after
         query = (
             sa.select(
                 ledger_records,
@@ -81,7 +113,7 @@ class DbSource:
             .limit(_READ_BATCH)
         )
         while True:
-            page = query.where(ledger_records.c.seq > last, ledger_records.c.seq <= self.upto)
+            page = query.where(ledger_records.c.seq > last, ledger_records.c.seq <= upto)
             with self.db.begin() as conn:
                 rows = conn.execute(page).all()
             if not rows:
@@ -107,7 +139,7 @@ class DbSource:
             return [chain_row(row) for row in conn.execute(query).all()]
 
 
-def chain_row(row: Any, stored: Any = None) -> ChainRow:
+def chain_row(row: Any, stored: tuple[str, bytes, bytes] | None = None) -> ChainRow:
     """A ``ledger_records`` row as the verifier sees it; ``stored`` is its content, if any."""
     fields = {
         "seq": row.seq,
@@ -119,16 +151,18 @@ def chain_row(row: Any, stored: Any = None) -> ChainRow:
         "data": row.data,
         "content_digest": row.content_digest,
     }
+    extra = StoredExtra(stored, row.mac_version, row.mac)
     try:
-        return ChainRow.from_fields(fields, row.prev_hash, row.hash, stored)
+        return ChainRow.from_fields(fields, row.prev_hash, row.hash, extra)
     except (TypeError, ValueError) as exc:
         raise MalformedRow(int(row.seq), f"record {row.seq} cannot be read: {exc}") from None
 
 
 def head_row(conn: Connection) -> Any:
-    """The last record's ``(seq, hash)``, or ``None`` for an empty ledger."""
+    """The last record's ``(seq, hash, mac_version, mac)``, or ``None`` for an empty ledger."""
+    r = ledger_records.c
     return conn.execute(
-        sa.select(ledger_records.c.seq, ledger_records.c.hash)
+        sa.select(r.seq, r.hash, r.mac_version, r.mac)
         .order_by(ledger_records.c.seq.desc())
         .limit(1)
     ).first()
@@ -148,4 +182,6 @@ def entry_from_row(row: Any) -> LedgerEntry:
         prev_hash=row.prev_hash,
         hash=row.hash,
         has_content=bool(row.has_content),
+        mac_version=row.mac_version,
+        mac=row.mac,
     )

@@ -16,9 +16,10 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import aclosing
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import partial
-from typing import Any
+from pathlib import PurePath
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -34,59 +35,44 @@ from intramuros.errors import (
     PermissionDenied,
 )
 from intramuros.gate import privacy
+from intramuros.gate.keywatch import KeyWatch
 from intramuros.gate.policy import TenantPolicy
 from intramuros.gate.privacy import PiiDecision
-from intramuros.gate.quotas import Quotas, record_usage
-from intramuros.gate.tenants import Principal, Tenants
+from intramuros.gate.quotas import Quotas
+from intramuros.gate.request_texts import (
+    ChatTexts,
+    CompletionTexts,
+    EmbeddingTexts,
+    RequestTexts,
+    chat_size,
+)
+from intramuros.gate.tenants import Principal, Tenants, TenantTombstone
 from intramuros.ledger import Ledger, LedgerKeys
-from intramuros.meter.energy import CallEnergy, EnergyMeter, open_sources
+from intramuros.meter.energy import EnergyMeter, open_sources
 from intramuros.meter.metrics import Metrics
-from intramuros.meter.tables import record_metering
 from intramuros.serving import convert
+from intramuros.serving.calls import (
+    CallMeter,
+    chat_logprobs,
+    completion_logprobs,
+    metering_of,
+    usage_of,
+    zero_usage,
+)
+from intramuros.serving.offload import run_cpu
 from intramuros.serving.pool import LoadedModel, ModelPool
+from intramuros.serving.recorder import CallRecorder
+from intramuros.serving.tenancy import PurgeContext, delete_tenant, finish_pending
 from intramuros.settings import Settings
 from intramuros.store.db import Database
 
 log = logging.getLogger(__name__)
 
 FINGERPRINT = "intramuros-0.1"
-
-
-@dataclass
-class CallMeter:
-    """Timings and counts of one call, filled in as it runs."""
-
-    route: str
-    model: str
-    started: float = field(default_factory=time.perf_counter)
-    queued_until: float | None = None
-    first_token: float | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    status: int = 200
-    error_code: str | None = None
-    weights_sha256: str | None = None
-    request_id: str = field(default_factory=lambda: secrets.token_hex(12))
-    tenant: str | None = None
-    key_id: str | None = None
-    subject: str | None = None
-    pii: PiiDecision | None = None
-    # Only filled when the tenant keeps content (then redacted before it is written).
-    keep_content: bool = False
-    prompt_texts: list[str] = field(default_factory=list)
-    output: list[str] = field(default_factory=list)
-    # Workload-specific measures (pages, audio seconds, ...): written to the ledger record
-    # under ``extra`` and shown in the ledger.
-    extra: dict[str, Any] = field(default_factory=dict)
-    energy: CallEnergy = field(default_factory=CallEnergy)
-    ended: float | None = None
-    cost_eur: float = 0.0
-    co2e_grams: float = 0.0
-
-    def mark_first(self) -> None:
-        """Note the first generated output."""
-        if self.first_token is None:
-            self.first_token = time.perf_counter()
+# Requests with fewer characters than this are scanned for personal data on the
+# event loop (well under a millisecond); larger ones in the CPU pool.
+_INLINE_PRIVACY = 4096
+_T = TypeVar("_T")
 
 
 class InferenceService:
@@ -101,8 +87,11 @@ class InferenceService:
         self.tenants = Tenants(self.db)
         self.ledger = Ledger(self.db, LedgerKeys.load(settings.ledger_key_file))
         self.quotas = Quotas(self.db)
+        self.key_watch = KeyWatch(self.tenants)
         self.energy = _energy_meter(settings)
         self.prices = settings.price_model()
+        self.recorder = CallRecorder(self.db, self.ledger, self.quotas, self.metrics,
+                                     self.energy, self.prices)  # fmt: skip
         self.ready = False
         self.preload_error: str | None = None
         # Workloads' own purges (e.g. documents past retention), run on the same schedule
@@ -114,6 +103,8 @@ class InferenceService:
     async def start(self) -> None:
         """Migrate the database, register bundled models, preload the configured ones."""
         await asyncio.to_thread(self.db.migrate)
+        # A keyed ledger and no key: refuse to start rather than fail to record every call.
+        await asyncio.to_thread(self.ledger.require_appendable)
         await asyncio.to_thread(self.catalog.sync_bundled)
         if self.settings.egress_guard:
             self._guard_egress()
@@ -126,6 +117,7 @@ class InferenceService:
                 log.error("could not preload %s: %s", name, exc.message)
         self.ready = self.preload_error is None
         self._purger = asyncio.create_task(self._retention_loop())
+        await self.key_watch.start()
 
     async def _retention_loop(self) -> None:
         """Purge stored text past each tenant's retention, then the workloads' hooks."""
@@ -134,6 +126,7 @@ class InferenceService:
         actor = "retention-schedule"
         while True:
             purges: list[Callable[[], object]] = [
+                functools.partial(finish_pending, self.purge_context(actor), self.tenants),
                 functools.partial(run_retention, self.tenants, self.ledger, actor=actor),
                 *(functools.partial(hook, actor) for hook in self.purge_hooks),
             ]
@@ -151,6 +144,28 @@ class InferenceService:
         actor = f"key:{who.key_id}" if who.key_id else "no-auth"
         self.ledger.append("admin", tenant=tenant, key_id=who.key_id, subject=None,
                            data={"action": action, "actor": actor, **details})  # fmt: skip
+
+    def purge_context(self, actor: str) -> PurgeContext:
+        """What a tenant purge needs, acting as ``actor``."""
+        return PurgeContext(settings=self.settings, db=self.db, ledger=self.ledger, actor=actor)
+
+    def delete_tenant(self, who: Principal, name: str) -> tuple[TenantTombstone, dict[str, int]]:
+        """Delete a tenant and all its data (an operator's action, over HTTP)."""
+        actor = f"key:{who.key_id}" if who.key_id else "no-auth"
+        return delete_tenant(self.purge_context(actor), self.tenants, name)
+
+    def revoke_key(self, who: Principal, key_id: str) -> None:
+        """Revoke a key the caller may manage; any other key answers 404 like a missing one."""
+        try:
+            key = self.tenants.key(key_id)
+        except NotFound:
+            raise NotFound(f"No active key '{key_id}'.", param="key_id") from None
+        if not who.may_administer(key.tenant) or (key.role == "operator"
+                                                   and not who.is_operator):  # fmt: skip
+            raise NotFound(f"No active key '{key_id}'.", param="key_id")
+        self.tenants.revoke(key_id, tenant_id=key.tenant)
+        self.key_watch.mark_revoked(key_id)
+        self.audit(who, "key_revoke", key.tenant, key_id=key_id)
 
     def _guard_egress(self) -> None:
         """Install the process-wide egress guard: loopback plus upstream engines' hosts."""
@@ -173,6 +188,7 @@ class InferenceService:
         purger = getattr(self, "_purger", None)
         if purger is not None:
             purger.cancel()
+        await self.key_watch.close()
         await self.pool.close()
         self.db.close()
 
@@ -182,6 +198,10 @@ class InferenceService:
         """A record in ``/v1/models`` shape, provenance under ``intramuros``."""
         info = record.model_dump(mode="json", exclude={"name", "created", "options", "path"})
         info["loaded"] = record.name in self.pool.loaded()
+        origin = info.get("origin") or {}
+        if origin.get("path"):
+            # The file's name, not where this server keeps it.
+            origin["path"] = PurePath(origin["path"]).name
         if record.engine == "openai-upstream":
             info["upstream"] = {"base_url": record.options.get("base_url")}
         return p.ModelCard(
@@ -201,17 +221,49 @@ class InferenceService:
         except NotFound:
             return TenantPolicy()
 
-    def _privacy(
-        self, meter: CallMeter, policy: TenantPolicy, texts: list[str], param: str
-    ) -> PiiDecision:
-        """Apply the tenant's personal-data policy to the request's texts."""
-        decision = privacy.inspect(texts, policy)
+    async def _privacy(
+        self,
+        meter: CallMeter,
+        policy: TenantPolicy,
+        collect: Callable[[], RequestTexts[_T]],
+        subject: tuple[str, str] | None,
+        size: int,
+        param: str,
+    ) -> tuple[PiiDecision, _T | None]:
+        """Apply the tenant's personal-data policy to every text field of the request.
+
+        ``collect`` lists the fields; ``subject`` is the end user's id and its
+        param; ``param`` the request's main field. Returns the decision and
+        the request's values as the model may see them (None: as sent).
+        Scanning is linear in the request; beyond a few kilobytes it runs in
+        the CPU pool, never on the event loop.
+        """
+        keep = policy.store_content and self.ledger.keys is not None
+        keys = self.ledger.keys
+
+        def work() -> tuple[PiiDecision, _T | None]:
+            texts = collect()
+            fields = list(texts.fields)
+            if subject is not None:
+                fields.append(privacy.TextField(subject[0], (subject[1],), "subject"))
+            decision = privacy.inspect_fields(fields, policy, keys=keys)
+            if decision.refused:
+                return decision, None
+            if keep:
+                decision.recorded_prompt = texts.record(decision)
+            protected = texts.protect(decision)
+            decision.forget_spans()  # freed here, in the worker, not on the event loop
+            return decision, protected
+
+        decision, protected = await run_cpu(work) if size > _INLINE_PRIVACY else work()
         meter.pii = decision  # recorded in the ledger even when the call is blocked
-        decision.enforce(param)
-        meter.keep_content = policy.store_content and self.ledger.keys is not None
-        if meter.keep_content:
-            meter.prompt_texts = texts
-        return decision
+        if decision.subject is not None:
+            meter.subject = decision.subject
+        decision.enforce(param)  # a refusal names the field where the value was found
+        meter.keep_content = keep
+        if keep:
+            meter.prompt_texts = decision.recorded_prompt or []
+        return decision, protected
 
     async def _restored(
         self, deltas: AsyncGenerator[Delta, None], decision: PiiDecision
@@ -224,7 +276,11 @@ class InferenceService:
                 return
             restorer = decision.pseudonymiser.stream_restorer()
             async for delta in deltas:
-                delta.text = restorer.feed(delta.text)
+                # Restoring is linear, but a huge delta (an upstream's whole answer) is
+                # still work to keep off the event loop.
+                delta.text = (await run_cpu(restorer.feed, delta.text)
+                              if len(delta.text) > _INLINE_PRIVACY * 16
+                              else restorer.feed(delta.text))  # fmt: skip
                 if delta.finish_reason is not None:
                     delta.text += restorer.flush()
                 for i, call in enumerate(delta.tool_calls):
@@ -266,7 +322,7 @@ class InferenceService:
         try:
             policy = await self._admit(who, meter)
         except IntramurosError as exc:
-            self._finish(meter, exc)
+            await self._finish(meter, exc)
             raise
         # The workload's own threads are not visible to the meter: its share of each
         # interval is an equal one (see meter/energy.py).
@@ -274,9 +330,22 @@ class InferenceService:
         meter.queued_until = time.perf_counter()
         return meter, policy
 
-    def end_call(self, meter: CallMeter, exc: BaseException | None = None) -> None:
-        """Close a call opened with ``begin_call`` (see there)."""
-        self._finish(meter, exc)
+    async def end_call(self, meter: CallMeter, exc: BaseException | None = None) -> None:
+        """Close a call opened with ``begin_call`` (see there); its records are written
+        (off the event loop) by the time this returns."""
+        await self._finish(meter, exc)
+
+    async def record_open(self, meter: CallMeter) -> None:
+        """Put the opening of a streamed call on record before its first byte is sent.
+
+        The bytes of a stream leave before its end; should the process die
+        mid-stream, this record says the call was answered in part. Once per call.
+        """
+        await self.recorder.open(meter)
+
+    async def _finish(self, meter: CallMeter, exc: BaseException | None = None) -> None:
+        """Record the call; see :meth:`CallRecorder.finish`."""
+        await self.recorder.finish(meter, exc)
 
     async def run_metered(self, meter: CallMeter, func: Callable[..., Any], *args: Any) -> Any:
         """``func(*args)`` in a worker thread whose CPU time counts as the call's.
@@ -298,25 +367,43 @@ class InferenceService:
         self, req: p.ChatCompletionRequest, who: Principal
     ) -> p.ChatCompletionResponse | AsyncIterator[p.ChatCompletionChunk]:
         """A chat completion, whole or as a stream of chunks."""
-        meter = CallMeter("/v1/chat/completions", req.model)
-        meter.subject = req.user or _subject_of(req.metadata)
+        meter = CallMeter("/v1/chat/completions", req.model, streaming=bool(req.stream))
+        subject = _subject_of(req.user, req.metadata)
+        meter.subject = privacy.provisional_subject(subject and subject[1], self.ledger.keys)
         try:
             policy = await self._admit(who, meter)
             model = await self.pool.get(req.model)
-            params = convert.chat_params(req, model.record)
+            # Checking schemas and copying messages is Python work proportional to the
+            # request: off the event loop.
+            params = await run_cpu(convert.chat_params, req, model.record)
             meter.weights_sha256 = model.record.sha256
-            texts = privacy.message_texts(params.messages)
-            decision = self._privacy(meter, policy, texts, "messages")
-            params = replace(params, messages=privacy.protect_messages(list(params.messages),
-                                                                       decision))  # fmt: skip
+            rf = req.response_format.json_schema if req.response_format else None
+            chat_texts = partial(
+                ChatTexts, params.messages, params.tools, params.response_format,
+                params.sampling.stop, first_index=-1 if req.safe_prompt else 0,
+                schema_name=rf.name if rf else None,
+                schema_description=rf.description if rf else None)  # fmt: skip
+            size = chat_size(params.messages, params.tools, params.response_format is not None,
+                             [*params.sampling.stop, rf.name if rf else None,
+                              rf.description if rf else None])  # fmt: skip
+            decision, seen = await self._privacy(meter, policy, chat_texts, subject, size,
+                                                 "messages")  # fmt: skip
+            if seen is not None:
+                params = replace(
+                    params, messages=seen.messages,
+                    tools=tuple(replace(t, description=d) for t, d in zip(params.tools,
+                                                                          seen.descriptions,
+                                                                          strict=True)),
+                    sampling=replace(params.sampling, stop=seen.stop))  # fmt: skip
             engine = model.engine
-            self._check_context(engine, lambda: engine.count_chat_tokens(params),
-                                params.sampling.max_tokens, "messages", model)  # fmt: skip
+            await self._check_context(engine, lambda: engine.count_chat_tokens(params),
+                                      params.sampling.max_tokens, "messages", model,
+                                      partial(_text_bytes, params.messages))  # fmt: skip
             deltas = self._restored(await self._open_stream(
                 model, meter, lambda cancel: engine.stream_chat(params, cancel)
             ), decision)  # fmt: skip
         except IntramurosError as exc:
-            self._finish(meter, exc)
+            await self._finish(meter, exc)
             raise
         ident = "chatcmpl-" + secrets.token_hex(12)
         created = int(time.time())
@@ -334,12 +421,12 @@ class InferenceService:
         choice = p.ChatChoice(
             index=0,
             message=message,
-            logprobs=_chat_logprobs(gen.logprobs) if params.sampling.logprobs is not None else None,
+            logprobs=chat_logprobs(gen.logprobs) if params.sampling.logprobs is not None else None,
             finish_reason=gen.finish_reason,
         )
         return p.ChatCompletionResponse(
             id=ident, created=created, model=req.model, system_fingerprint=FINGERPRINT,
-            choices=[choice], usage=_usage_of(meter),
+            choices=[choice], usage=usage_of(meter),
         )  # fmt: skip
 
     async def _chat_chunks(
@@ -357,7 +444,7 @@ class InferenceService:
                 id=ident, created=created, model=model, system_fingerprint=FINGERPRINT,
                 choices=[p.ChatChunkChoice(
                     index=0, delta=delta, finish_reason=finish,
-                    logprobs=_chat_logprobs(logprobs) if logprobs else None,
+                    logprobs=chat_logprobs(logprobs) if logprobs else None,
                 )],
                 usage=None,
             )  # fmt: skip
@@ -379,7 +466,7 @@ class InferenceService:
         if include_usage:
             yield p.ChatCompletionChunk(
                 id=ident, created=created, model=model, system_fingerprint=FINGERPRINT,
-                choices=[], usage=_usage_of(meter),
+                choices=[], usage=usage_of(meter),
             )  # fmt: skip
 
     # -- completions ---------------------------------------------------------
@@ -388,17 +475,29 @@ class InferenceService:
         self, req: p.CompletionRequest, who: Principal
     ) -> p.CompletionResponse | AsyncIterator[p.CompletionResponse]:
         """A text completion (one choice per prompt), whole or streamed."""
-        meter = CallMeter("/v1/completions", req.model)
-        meter.subject = req.user or _subject_of(req.metadata)
+        meter = CallMeter("/v1/completions", req.model, streaming=bool(req.stream))
+        subject = _subject_of(req.user, req.metadata)
+        meter.subject = privacy.provisional_subject(subject and subject[1], self.ledger.keys)
         try:
             policy = await self._admit(who, meter)
             model = await self.pool.get(req.model)
             meter.weights_sha256 = model.record.sha256
-            prompts = convert.completion_prompts(req)
-            decision = self._privacy(meter, policy, [x for x in prompts if isinstance(x, str)],
-                                     "prompt")  # fmt: skip
-            prompts = [decision.for_model(x) if isinstance(x, str) else x for x in prompts]
+            prompts: list[str | list[int]] = convert.completion_prompts(req)
+            stop = convert.completion_params(req, model.record, prompts[0]).sampling.stop
+            size = sum(len(x) if isinstance(x, str) else 4 * len(x) for x in prompts) + sum(
+                len(x) for x in (req.suffix or "", *stop))  # token ids: about 4 characters each
+            decision, seen = await self._privacy(
+                meter, policy,
+                partial(CompletionTexts, prompts, req.suffix, stop, model.engine.detokenize),
+                subject, size, "prompt")  # fmt: skip
             all_params = [convert.completion_params(req, model.record, pr) for pr in prompts]
+            if seen is not None:
+                new_prompts, suffix, stop = seen
+                all_params = [
+                    replace(params, prompt=pr, suffix=suffix,
+                            sampling=replace(params.sampling, stop=stop))
+                    for params, pr in zip(all_params, new_prompts, strict=True)
+                ]  # fmt: skip
             engine = model.engine
             for params in all_params:
                 prompt = params.prompt
@@ -406,12 +505,15 @@ class InferenceService:
                     partial(engine.count_tokens, prompt) if isinstance(prompt, str)
                     else partial(len, prompt)
                 )  # fmt: skip
-                self._check_context(engine, counter, params.sampling.max_tokens, "prompt", model)
+                await self._check_context(
+                    engine, counter, params.sampling.max_tokens, "prompt", model,
+                    partial(_text_bytes, [{"content": prompt}]) if isinstance(prompt, str)
+                    else None)
             first = self._restored(await self._open_stream(
                 model, meter, partial(engine.stream_completion, all_params[0])
             ), decision)  # fmt: skip
         except IntramurosError as exc:
-            self._finish(meter, exc)
+            await self._finish(meter, exc)
             raise
         ident = "cmpl-" + secrets.token_hex(12)
         created = int(time.time())
@@ -436,11 +538,11 @@ class InferenceService:
             gen = await self._gather(deltas, meter, finish=index == len(all_params) - 1)
             choices.append(p.CompletionChoice(
                 index=index, text=gen.text, finish_reason=gen.finish_reason,
-                logprobs=_completion_logprobs(gen.logprobs) if want_logprobs else None,
+                logprobs=completion_logprobs(gen.logprobs) if want_logprobs else None,
             ))  # fmt: skip
         return p.CompletionResponse(
             id=ident, created=created, model=req.model, system_fingerprint=FINGERPRINT,
-            choices=choices, usage=_usage_of(meter),
+            choices=choices, usage=usage_of(meter),
         )  # fmt: skip
 
     async def _completion_chunks(
@@ -463,50 +565,55 @@ class InferenceService:
                             system_fingerprint=FINGERPRINT,
                             choices=[p.CompletionChoice(
                                 index=index, text=delta.text, finish_reason=delta.finish_reason,
-                                logprobs=(_completion_logprobs(delta.logprobs)
+                                logprobs=(completion_logprobs(delta.logprobs)
                                           if want_logprobs else None),
                             )],
                         )  # fmt: skip
         except IntramurosError as exc:
-            self._finish(meter, exc)
+            await self._finish(meter, exc)
             raise
         except BaseException as exc:
             meter.status = 499
-            self._finish(meter, exc)
+            await self._finish(meter, exc)
             raise
-        self._finish(meter)
+        await self._finish(meter)
         if include_usage:
             yield p.CompletionResponse(id=ident, created=created, model=model, choices=[],
-                                       usage=_usage_of(meter))  # fmt: skip
+                                       usage=usage_of(meter))  # fmt: skip
 
     # -- embeddings ------------------------------------------------------------
 
     async def embeddings(self, req: p.EmbeddingRequest, who: Principal) -> p.EmbeddingResponse:
         """Vectors for each input, as floats or base64 of little-endian float32."""
         meter = CallMeter("/v1/embeddings", req.model)
-        meter.subject = req.user or _subject_of(req.metadata)
+        subject = _subject_of(req.user, req.metadata)
+        meter.subject = privacy.provisional_subject(subject and subject[1], self.ledger.keys)
         try:
             policy = await self._admit(who, meter)
             model = await self.pool.get(req.model)
             meter.weights_sha256 = model.record.sha256
             convert.require(model.record, "embeddings", "embeddings")
             inputs = convert.embedding_inputs(req, self.settings.max_embedding_inputs)
-            decision = self._privacy(meter, policy, [x for x in inputs if isinstance(x, str)],
-                                     "input")  # fmt: skip
+            _, seen = await self._privacy(
+                meter, policy, partial(EmbeddingTexts, inputs, model.engine.detokenize), subject,
+                sum(len(x) if isinstance(x, str) else 4 * len(x) for x in inputs),
+                "input")  # fmt: skip
             meter.keep_content = False  # vectors are not text worth keeping
-            inputs = [decision.for_model(x) if isinstance(x, str) else x for x in inputs]
+            if seen is not None:
+                inputs = [x if isinstance(x, str) else list(x) for x in seen]
             engine = model.engine
             if engine.counts_tokens:
                 limit = engine.context_length
-                for i, item in enumerate(inputs):
-                    n = engine.count_tokens(item) if isinstance(item, str) else len(item)
+                counts = await run_cpu(lambda: [engine.count_tokens(item) if isinstance(item, str)
+                                                else len(item) for item in inputs])  # fmt: skip
+                for i, n in enumerate(counts):
                     if n > limit:
                         raise ContextLengthExceeded(model=req.model, context_length=limit,
                                                     prompt_tokens=n, max_tokens=0,
                                                     param=f"input[{i}]")  # fmt: skip
             result = await self._call(model, meter, lambda: engine.embed(inputs))
         except IntramurosError as exc:
-            self._finish(meter, exc)
+            await self._finish(meter, exc)
             raise
         dims = len(result.vectors[0]) if result.vectors else 0
         wanted = req.dimensions if req.dimensions is not None else req.output_dimension
@@ -516,10 +623,10 @@ class InferenceService:
                 f"produce {wanted}.",
                 param="dimensions" if req.dimensions is not None else "output_dimension",
             )
-            self._finish(meter, refusal)
+            await self._finish(meter, refusal)
             raise refusal
         meter.prompt_tokens = result.prompt_tokens
-        self._finish(meter)
+        await self._finish(meter)
         data = [
             p.EmbeddingData(index=i, embedding=(
                 base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode("ascii")
@@ -536,28 +643,42 @@ class InferenceService:
 
     # -- machinery -------------------------------------------------------------
 
-    def _check_context(
+    async def _check_context(
         self,
         engine: Engine,
         count: Callable[[], int],
         max_tokens: int | None,
         param: str,
         model: LoadedModel,
+        text_bytes: Callable[[], int] | None = None,
     ) -> None:
         """Refuse a prompt that cannot fit before it waits in the queue.
 
-        Counting runs on the event loop: tokenising is microseconds per
-        kilobyte and does not touch the model's decoding state.
+        A prompt whose length in bytes alone shows it cannot fit is refused
+        without being tokenised; otherwise it is counted in the CPU pool
+        (tokenising a megabyte takes about a second: never on the event loop).
         """
         if not engine.counts_tokens:
             return
         n_ctx = engine.context_length
-        prompt_tokens = count()
         wanted = max_tokens if max_tokens is not None else 1
+        per_token = engine.max_token_bytes
+
+        def measure() -> tuple[int, bool]:
+            """(prompt tokens, whether that is only a lower bound)."""
+            if per_token and text_bytes is not None:
+                # Only a prompt that cannot fit by itself is refused uncounted; one that
+                # is short enough to fit is worth counting for an exact message.
+                least = -(-text_bytes() // per_token)
+                if least > n_ctx:
+                    return least, True
+            return count(), False
+
+        prompt_tokens, at_least = await run_cpu(measure)
         if prompt_tokens + wanted > n_ctx:
             raise ContextLengthExceeded(model=model.record.name, context_length=n_ctx,
                                         prompt_tokens=prompt_tokens, max_tokens=wanted,
-                                        param=param)  # fmt: skip
+                                        param=param, at_least=at_least)  # fmt: skip
 
     async def _open_stream(
         self,
@@ -581,6 +702,12 @@ class InferenceService:
             raise
         if meter.queued_until is None:
             meter.queued_until = time.perf_counter()
+        if meter.streaming:
+            try:
+                await self.record_open(meter)
+            except BaseException:
+                await stream.aclose()
+                raise
 
         async def rest() -> AsyncGenerator[Delta, None]:
             async with aclosing(stream):
@@ -625,10 +752,16 @@ class InferenceService:
     async def _metered(
         self, deltas: AsyncGenerator[Delta, None], meter: CallMeter, finish: bool = True
     ) -> AsyncGenerator[Delta, None]:
-        """Pass deltas through, noting first token and usage; log the call at the end."""
+        """Pass deltas through, noting first token and usage; log the call at the end.
+
+        Before each delta the call's key is checked: a key revoked meanwhile
+        ends the call there (401 ``api_key_revoked``, as an error event in a stream).
+        """
+        self.key_watch.watch(meter.key_id)
         try:
             async with aclosing(deltas):
                 async for delta in deltas:
+                    self.key_watch.check(meter.key_id)
                     if delta.text or delta.tool_calls:
                         meter.mark_first()
                     if meter.keep_content:
@@ -640,7 +773,7 @@ class InferenceService:
                     yield delta
         except IntramurosError as exc:
             if finish:
-                self._finish(meter, exc)
+                await self._finish(meter, exc)
             raise
         except BaseException as exc:
             # The client went away (cancelled) or something unexpected broke.
@@ -648,16 +781,18 @@ class InferenceService:
                 meter.status = (
                     499 if isinstance(exc, GeneratorExit | asyncio.CancelledError) else 500
                 )
-                self._finish(meter, exc)
+                await self._finish(meter, exc)
             raise
+        finally:
+            self.key_watch.unwatch(meter.key_id)
         if finish:
-            self._finish(meter)
+            await self._finish(meter)
 
     async def _gather(
         self, deltas: AsyncGenerator[Delta, None], meter: CallMeter, finish: bool = True
     ) -> Generation:
         text: list[str] = []
-        gen = Generation(text="", finish_reason="stop", usage=_zero())
+        gen = Generation(text="", finish_reason="stop", usage=zero_usage())
         async with aclosing(self._metered(deltas, meter, finish=finish)) as metered:
             async for delta in metered:
                 text.append(delta.text)
@@ -670,103 +805,28 @@ class InferenceService:
         gen.text = "".join(text)
         return gen
 
-    def _finish(self, meter: CallMeter, exc: BaseException | None = None) -> None:
-        """Record the call in metrics and in the request log."""
-        if isinstance(exc, IntramurosError):
-            meter.status, meter.error_code = exc.status, exc.code
-        elif exc is not None:
-            meter.error_code = meter.error_code or type(exc).__name__
-        now = time.perf_counter()
-        meter.ended = now
-        self.energy.stop(meter.energy)
-        energy = meter.energy
-        meter.cost_eur = self.prices.cost_eur(energy.joules, energy.machine_seconds)
-        meter.co2e_grams = self.prices.co2e_grams(energy.joules)
-        m = self.metrics
-        m.energy.labels(meter.model, energy.source).inc(energy.joules)
-        m.cpu_seconds.labels(meter.model).inc(energy.cpu_seconds)
-        m.cost.labels(meter.model).inc(meter.cost_eur)
-        m.co2e.labels(meter.model).inc(meter.co2e_grams)
-        m.requests.labels(meter.route, meter.model, str(meter.status)).inc()
-        m.latency.labels(meter.route, meter.model).observe(now - meter.started)
-        m.tokens.labels(meter.model, "prompt").inc(meter.prompt_tokens)
-        m.tokens.labels(meter.model, "completion").inc(meter.completion_tokens)
-        if meter.first_token is not None:
-            m.ttft.labels(meter.model).observe(meter.first_token - meter.started)
-        if meter.queued_until is not None:
-            m.queue_wait.labels(meter.model).observe(meter.queued_until - meter.started)
-        try:
-            self.db.log_request(
-                request_id=meter.request_id, ts=time.time(), route=meter.route,
-                model=meter.model, status=meter.status, error_code=meter.error_code,
-                prompt_tokens=meter.prompt_tokens, completion_tokens=meter.completion_tokens,
-                latency_ms=(now - meter.started) * 1000,
-                ttft_ms=((meter.first_token - meter.started) * 1000
-                         if meter.first_token is not None else None),
-                weights_sha256=meter.weights_sha256, tenant=meter.tenant, key_id=meter.key_id,
-                cpu_seconds=energy.cpu_seconds, energy_joules=energy.joules,
-                energy_source=energy.source, cost_eur=meter.cost_eur,
-                co2e_grams=meter.co2e_grams,
-            )  # fmt: skip
-            if meter.tenant is not None and meter.status < 400:
-                tokens = meter.prompt_tokens + meter.completion_tokens
-                scopes = [("tenant", meter.tenant)]
-                if meter.key_id is not None:
-                    scopes.append(("key", meter.key_id))
-                self.quotas.charge(scopes, tokens)
-                record_usage(self.db, tenant=meter.tenant, key_id=meter.key_id or "-",
-                             model=meter.model, prompt=meter.prompt_tokens,
-                             completion=meter.completion_tokens, now=time.time())  # fmt: skip
-                record_metering(self.db, tenant=meter.tenant, key_id=meter.key_id or "-",
-                                model=meter.model, now=time.time(),
-                                cpu_seconds=energy.cpu_seconds, energy_joules=energy.joules,
-                                cost_eur=meter.cost_eur,
-                                co2e_grams=meter.co2e_grams)  # fmt: skip
-        except IntramurosError as err:  # the answer matters more than its log line
-            log.error("could not write request log: %s", err.message)
-        self._record(meter, now)
 
-    def _record(self, meter: CallMeter, now: float) -> None:
-        """Append the call to the ledger: who, what, which weights, what policy did."""
-        data: dict[str, Any] = {
-            "request_id": meter.request_id, "route": meter.route, "model": meter.model,
-            "weights_sha256": meter.weights_sha256, "status": meter.status,
-            "error_code": meter.error_code, "prompt_tokens": meter.prompt_tokens,
-            "completion_tokens": meter.completion_tokens,
-            "latency_ms": round((now - meter.started) * 1000, 3),
-            "pii": meter.pii.summary() if meter.pii else {},
-            **{k: v for k, v in metering_of(meter).model_dump().items()
-               if v is not None and k not in ("latency_ms", "routing")},
-        }  # fmt: skip
-        if meter.extra:
-            data["extra"] = meter.extra
-        content = None
-        if meter.keep_content and meter.pii is not None:
-            decision = meter.pii
-            content = {
-                "prompt": [decision.for_record(t) for t in meter.prompt_texts],
-                "output": decision.for_record("".join(meter.output)),
-            }
-        try:
-            self.ledger.append("model_call", tenant=meter.tenant, key_id=meter.key_id,
-                               subject=meter.subject, data=data, content=content)  # fmt: skip
-        except IntramurosError as err:
-            # A call whose record cannot be written is still answered; the failure is
-            # loud in the log and in the metrics, where operators look.
-            self.metrics.ledger_failures.inc()
-            log.error("could not append to the ledger: %s", err.message)
+def _text_bytes(messages: Any) -> int:
+    """Bytes of the messages' texts: every one of them is in the rendered prompt."""
+    total = 0
+    for msg in messages:
+        content = msg.get("content") if isinstance(msg, dict) else None
+        parts = [content] if isinstance(content, str) else [
+            part.get("text") for part in content or () if isinstance(part, dict)]
+        total += sum(len(t.encode("utf-8", "surrogatepass")) for t in parts if isinstance(t, str))
+    return total
 
 
-def _subject_of(metadata: dict[str, Any] | None) -> str | None:
-    """The end user's id from ``metadata.user`` (or ``user_id``), if the client gave one."""
-    value = (metadata or {}).get("user") or (metadata or {}).get("user_id")
-    return str(value)[:200] if value is not None else None  # the ledger's subject limit
-
-
-def _zero() -> Any:
-    from intramuros.engines.base import Usage
-
-    return Usage(0, 0)
+def _subject_of(user: str | None, metadata: dict[str, Any] | None) -> tuple[str, str] | None:
+    """``(param, value)`` of the end user's id: ``user``, else ``metadata.user`` (or
+    ``user_id``), if the client gave one."""
+    if user:
+        return "user", user
+    for key in ("user", "user_id"):
+        value = (metadata or {}).get(key)
+        if value:
+            return f"metadata.{key}", str(value)[:200]  # the ledger's subject limit
+    return None
 
 
 def _energy_meter(settings: Settings) -> EnergyMeter:
@@ -782,53 +842,3 @@ def _energy_meter(settings: Settings) -> EnergyMeter:
     return meter
 
 
-def _ms(start: float, end: float | None) -> float | None:
-    return round((end - start) * 1000, 3) if end is not None else None
-
-
-def metering_of(meter: CallMeter) -> p.Metering:
-    """The call's timings, energy, cost and CO2e, as the extra ``usage`` fields."""
-    decode = None
-    if meter.first_token is not None and meter.ended is not None and meter.completion_tokens > 1:
-        span = meter.ended - meter.first_token
-        # Tokens after the first one, over the time after the first one.
-        decode = round((meter.completion_tokens - 1) / span, 3) if span > 0 else None
-    energy = meter.energy
-    return p.Metering(
-        queue_ms=_ms(meter.started, meter.queued_until), ttft_ms=_ms(meter.started,
-                                                                     meter.first_token),
-        latency_ms=_ms(meter.started, meter.ended), decode_tokens_per_second=decode,
-        cpu_seconds=round(energy.cpu_seconds, 6), energy_joules=round(energy.joules, 6),
-        energy_source=energy.source, cost_eur=round(meter.cost_eur, 12),
-        co2e_grams=round(meter.co2e_grams, 9),
-    )  # fmt: skip
-
-
-def _usage_of(meter: CallMeter) -> p.UsageOut:
-    return p.UsageOut(prompt_tokens=meter.prompt_tokens,
-                      completion_tokens=meter.completion_tokens,
-                      total_tokens=meter.prompt_tokens + meter.completion_tokens,
-                      **metering_of(meter).model_dump(exclude_none=True))  # fmt: skip
-
-
-def _chat_logprobs(items: list[TokenLogprob] | None) -> p.ChoiceLogprobs:
-    return p.ChoiceLogprobs(content=[
-        p.TokenLogprobOut(token=t.token, logprob=t.logprob, bytes=t.bytes, top_logprobs=[
-            p.TopLogprobOut(token=a.token, logprob=a.logprob, bytes=a.bytes) for a in t.top
-        ])
-        for t in items or []
-    ])  # fmt: skip
-
-
-def _completion_logprobs(items: list[TokenLogprob]) -> p.CompletionLogprobs:
-    offsets: list[int] = []
-    pos = 0
-    for t in items:
-        offsets.append(pos)
-        pos += len(t.token)
-    return p.CompletionLogprobs(
-        tokens=[t.token for t in items],
-        token_logprobs=[t.logprob for t in items],
-        top_logprobs=[{a.token: a.logprob for a in t.top} for t in items],
-        text_offset=offsets,
-    )

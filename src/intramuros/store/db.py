@@ -72,6 +72,8 @@ tenants = sa.Table(
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("policy", sa.Text, nullable=False),
+    # Added by migration 11 (gate/tables.py): what other tables store as the tenant.
+    sa.Column("id", sa.String(64), nullable=True, unique=True),
 )
 
 api_keys = sa.Table(
@@ -130,6 +132,19 @@ def _v1_tables() -> tuple[sa.Table, ...]:
             sa.Column("weights_sha256", sa.String(64), nullable=True),
         ),
     )  # fmt: skip
+
+
+def _v3_tenants(conn: Connection) -> None:
+    """``tenants`` exactly as version 3 created it (11 adds ``id``), with keys and usage."""
+    v3 = sa.MetaData()
+    sa.Table(
+        "tenants", v3,
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("policy", sa.Text, nullable=False),
+    ).create(conn)  # fmt: skip
+    for table in (api_keys, usage):
+        table.to_metadata(v3).create(conn)
 
 
 def _create(*tables: sa.Table) -> Callable[[Connection], None]:
@@ -194,7 +209,7 @@ def _area_step(module: str, steps: str = "migration_steps") -> Callable[[Connect
 MIGRATIONS: list[Migration] = [
     Migration(1, "models and request log", _create_v1),
     Migration(2, "request log by time", _sql("CREATE INDEX ix_request_log_ts ON request_log (ts)")),
-    Migration(3, "tenants, api keys, usage", _create(tenants, api_keys, usage)),
+    Migration(3, "tenants, api keys, usage", _v3_tenants),
     Migration(4, "request log by tenant", _sql(
         "ALTER TABLE request_log ADD COLUMN tenant VARCHAR(64)",
         "ALTER TABLE request_log ADD COLUMN key_id VARCHAR(32)",
@@ -205,6 +220,8 @@ MIGRATIONS: list[Migration] = [
     Migration(7, "files and document jobs", _area_step("intramuros.docai.tables")),
     Migration(8, "kyc lists, customers, cases", _area_step("intramuros.kyc.tables")),
     Migration(9, "files expire", _area_step("intramuros.docai.tables", "expiry_steps")),
+    Migration(10, "ledger MACs", _area_step("intramuros.ledger.tables", "chain_mac_steps")),
+    Migration(11, "tenants are identities", _area_step("intramuros.gate.tables")),
 ]
 
 

@@ -19,8 +19,9 @@ import click
 from intramuros.voice.protocol import RESPONSE_FORMATS
 
 # Settings of the voice section the command takes besides where the state lives.
-_VOICE_FIELDS = ("voice_default_model", "voice_max_audio_seconds", "voice_compute_type",
-                 "voice_threads", "voice_beam_size", "voice_batch_size", "voice_vad")  # fmt: skip
+_VOICE_FIELDS = ("voice_default_model", "voice_max_audio_seconds", "voice_block_seconds",
+                 "voice_compute_type", "voice_threads", "voice_beam_size", "voice_batch_size",
+                 "voice_vad")  # fmt: skip
 
 
 def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -124,22 +125,30 @@ def _transcribe_one(engine: Any, path: Path, req: Any, settings: Any, out_dir: P
                     report: Any) -> Path:  # fmt: skip
     """Decode, transcribe and write one file; returns where the result went."""
     from intramuros.engines.base import TranscriptionStart, TranscriptSegment
-    from intramuros.voice.audio import decode
+    from intramuros.voice.audio import probe
+    from intramuros.voice.blocks import BlockRun, blocks, transcribe_blocks
     from intramuros.voice.formats import EXTENSIONS, Transcript, render
     from intramuros.voice.service import params_of
 
-    audio = decode(path.read_bytes(), max_seconds=settings.voice_max_audio_seconds)
+    # Read once to check it, again block by block when long: memory stays that of a block.
+    data = path.read_bytes()
+    audio = probe(data, max_seconds=settings.voice_max_audio_seconds,
+                  keep_seconds=settings.voice_block_seconds)  # fmt: skip
     params = params_of(req, settings.voice_vad)
     language = req.language or "en"
     segments: list[TranscriptSegment] = []
     report(0.0, audio.duration)
-    for event in engine.transcribe(audio.samples, params, threading.Event()):
+    run = BlockRun(duration=audio.duration)
+    cancel = threading.Event()
+    pieces = blocks(data, audio, block_seconds=settings.voice_block_seconds, stop=cancel.is_set)
+    for event in transcribe_blocks(engine, pieces, params, cancel, run):
         if isinstance(event, TranscriptionStart):
             language = event.language
         else:
             segments.append(event)
             report(min(event.end, audio.duration), audio.duration)
     report(audio.duration, audio.duration)
+    language = run.language or language
     transcript = Transcript(req.task, language, audio.duration, tuple(segments))
     body = render(transcript, req.response_format, req.words)
     text = json.dumps(body, ensure_ascii=False, indent=2) + "\n" if isinstance(body, dict) else body

@@ -1,8 +1,9 @@
-"""Errors of the voice workload: every one a 4xx naming the parameter at fault."""
+"""Errors of the voice workload: bad audio (400 naming ``file``), no decoder free (429),
+decoding stopped by a shutdown (503)."""
 
 from __future__ import annotations
 
-from intramuros.errors import InvalidRequest
+from intramuros.errors import ClientError, InvalidRequest, ServerError
 
 
 class BadAudio(InvalidRequest):
@@ -30,3 +31,25 @@ class AudioTooLong(BadAudio):
     """Longer than ``voice_max_audio_seconds``."""
 
     code = "audio_too_long"
+
+
+class DecodersBusy(ClientError):
+    """Too many uploads are waiting for an audio decoder (``voice_decode_queue``)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "audio_decoders_busy"
+
+    def __init__(self, waiting: int, *, retry_after: int = 1) -> None:
+        super().__init__(
+            f"Too many audio uploads are waiting to be decoded (limit {waiting}, setting "
+            f"voice_decode_queue). Retry after {retry_after} s.",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
+class DecodingStopped(ServerError):
+    """Decoding was stopped before its end: the server is shutting down, or the caller left."""
+
+    status = 503
+    code = "shutting_down"

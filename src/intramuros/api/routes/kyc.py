@@ -62,9 +62,9 @@ async def get_threshold(request: Request, who: Principal = Depends(principal)) -
 @router.put("/kyc/threshold")
 async def put_threshold(body: kp.ThresholdRequest, request: Request,
                         who: Principal = Depends(admin)) -> dict[str, Any]:  # fmt: skip
-    """Set a tenant's alert threshold (admin keys)."""
-    await _kyc(request).set_threshold(who, body)
-    return {"tenant": body.tenant, "threshold": body.threshold}
+    """Set the alert threshold of the caller's tenant (admins; operators: any tenant)."""
+    tenant = await _kyc(request).set_threshold(who, body)
+    return {"tenant": tenant, "threshold": body.threshold}
 
 
 @router.get("/kyc/cases")

@@ -1,0 +1,79 @@
+"""The gate's schema steps: tenants as identities, and the tombstones of deleted ones.
+
+A tenant has a name (what people type) and an id (what every row of every area
+stores in its ``tenant`` column). The first tenant ever called ``acme`` gets
+the id ``acme``; once it is deleted, the id is never given again: a new
+``acme`` gets ``acme.<8 hex>``. ``tenant_tombstones`` keeps the ids of deleted
+tenants (so they are never reused) and whether their data has been purged
+(a purge interrupted by a crash is finished by the server's purge schedule).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from intramuros.store.db import metadata
+
+# The longest id: a name cut to 48 characters, a dot and 8 hex digits, so that it
+# fits every area's 64-character tenant column.
+ID_NAME_PART = 48
+
+tenant_tombstones = sa.Table(
+    "tenant_tombstones",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=True),
+    sa.Column("deleted_at", sa.Float, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    # Null until every area has deleted the tenant's data.
+    sa.Column("purged_at", sa.Float, nullable=True),
+    # What the purge deleted, as JSON counts per kind of data.
+    sa.Column("purged", sa.Text, nullable=True),
+)
+
+# Tenant values that are not tenants of the table: the tenant of --no-auth mode.
+IMPLICIT_TENANTS = frozenset({"default"})
+
+
+def _tenant_ids(conn: Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE tenants ADD COLUMN id VARCHAR(64)"))
+    conn.execute(sa.text("UPDATE tenants SET id = name"))
+    conn.execute(sa.text("CREATE UNIQUE INDEX ux_tenants_id ON tenants (id)"))
+
+
+def _tombstones(conn: Connection) -> None:
+    # A private copy, as the other areas do: later steps must not change this one.
+    tenant_tombstones.to_metadata(sa.MetaData()).create(conn)
+
+
+def _orphans(conn: Connection) -> None:
+    """Tenants deleted before ids existed left rows behind: register them as deleted.
+
+    Their ids are then never reused (a new tenant of the same name gets a new
+    id), and the purge schedule deletes what they left.
+    """
+    found: set[str] = set()
+    for table in ("api_keys", "request_log", "usage", "ledger_records"):
+        rows = conn.execute(sa.text(
+            f"SELECT DISTINCT tenant FROM {table} WHERE tenant IS NOT NULL"))
+        found.update(str(r[0]) for r in rows)
+    live = {str(r[0]) for r in conn.execute(sa.text("SELECT id FROM tenants"))}
+    for tenant_id in sorted(found - live - IMPLICIT_TENANTS):
+        conn.execute(sa.text(
+            "INSERT INTO tenant_tombstones (id, name, created_at, deleted_at, actor) "
+            "VALUES (:id, :name, NULL, :now, 'migration')"
+        ), {"id": tenant_id, "name": tenant_id[:64], "now": time.time()})  # fmt: skip
+
+
+def migration_steps() -> list[tuple[str, Callable[[Connection], None]]]:
+    """(name, apply) pairs run in order by the database's migration for this area."""
+    return [
+        ("tenant ids", _tenant_ids),
+        ("tenant tombstones", _tombstones),
+        ("tenants deleted before ids", _orphans),
+    ]
