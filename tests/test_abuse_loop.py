@@ -61,6 +61,13 @@ def test_seven_megabyte_prompt_is_refused_without_freezing(srv: Server) -> None:
     assert worst < BUDGET, f"/healthz took {worst * 1000:.0f} ms"
 
 
+def test_a_routed_seven_megabyte_prompt_is_judged_without_freezing(srv: Server) -> None:
+    # `auto` checks each member's context before choosing: that counting is off the loop too.
+    r, worst = _attack(srv, "/v1/chat/completions", _chat("word " * 1_400_000, model="auto"))
+    assert r.status_code == 400, r.text
+    assert worst < BUDGET, f"/healthz took {worst * 1000:.0f} ms"
+
+
 def test_a_prompt_that_fits_the_bytes_bound_is_counted_off_the_loop(srv: Server) -> None:
     # 48 KB: not refused by its size alone (a token is at most 32 bytes), so it is tokenised.
     r, worst = _attack(srv, "/v1/chat/completions", _chat("ab " * 16_000))

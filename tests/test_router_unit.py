@@ -320,6 +320,7 @@ def test_confidence_and_verdicts() -> None:
 
 class _Engine:
     counts_tokens = True
+    max_token_bytes = None  # no byte bound: every prompt is counted
 
     def __init__(self, context_length: int) -> None:
         self.context_length = context_length

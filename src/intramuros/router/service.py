@@ -24,6 +24,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 from prometheus_client import Counter
@@ -52,6 +53,7 @@ from intramuros.router.config import (
 from intramuros.router.errors import NoEligibleModel, RouteForbidden
 from intramuros.router.validate import LOW_CONFIDENCE
 from intramuros.serving import convert
+from intramuros.serving.offload import run_cpu
 from intramuros.serving.service import InferenceService
 
 log = logging.getLogger(__name__)
@@ -173,14 +175,15 @@ class RouterService:
         async def fit(record: ModelRecord) -> str | None:
             probe = req.model_copy(update={"model": record.name})
             try:
-                params = convert.chat_params(probe, record)
+                params = await run_cpu(convert.chat_params, probe, record)
             except ModelCapabilityError as exc:
                 return exc.message
             engine, problem = await self._loaded(record)
             if engine is None or not engine.counts_tokens:
                 return problem
-            return _fits(engine.count_chat_tokens(params), params.sampling.max_tokens,
-                         engine.context_length)  # fmt: skip
+            return await _prompt_fits(engine, partial(engine.count_chat_tokens, params),
+                                      partial(convert.text_bytes, params.messages),
+                                      params.sampling.max_tokens)  # fmt: skip
 
         if req.stream and res.profile.stream == "direct":
             return await self._direct_chat(req, who, res, fit)
@@ -230,8 +233,14 @@ class RouterService:
                 return problem
             for params in all_params:
                 prompt = params.prompt
-                n = engine.count_tokens(prompt) if isinstance(prompt, str) else len(prompt)
-                problem = _fits(n, params.sampling.max_tokens, engine.context_length)
+                if isinstance(prompt, str):
+                    problem = await _prompt_fits(
+                        engine, partial(engine.count_tokens, prompt),
+                        partial(convert.text_bytes, [{"content": prompt}]),
+                        params.sampling.max_tokens)  # fmt: skip
+                else:
+                    problem = _fits(len(prompt), params.sampling.max_tokens,
+                                    engine.context_length)  # fmt: skip
                 if problem is not None:
                     return problem
             return None
@@ -486,6 +495,24 @@ def _explain(decision: _Decision[Any], tried: list[_Attempt], escalate: bool) ->
     if skipped:
         out.append("skipped: " + ", ".join(dict.fromkeys(skipped)))
     return out
+
+
+async def _prompt_fits(engine: Engine, count: Callable[[], int], text_bytes: Callable[[], int],
+                       max_tokens: int | None) -> str | None:  # fmt: skip
+    """Whether a prompt fits the engine's context, measured off the event loop.
+
+    A prompt too long by its bytes alone is judged without being tokenised.
+    """
+    context, per_token = engine.context_length, engine.max_token_bytes
+
+    def measure() -> int:
+        if per_token:
+            least = -(-text_bytes() // per_token)
+            if least > context:
+                return least
+        return count()
+
+    return _fits(await run_cpu(measure), max_tokens, context)
 
 
 def _fits(prompt_tokens: int, max_tokens: int | None, context: int) -> str | None:

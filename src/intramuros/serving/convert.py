@@ -233,3 +233,18 @@ def embedding_inputs(req: p.EmbeddingRequest, limit: int) -> list[str | list[int
         if isinstance(item, list) and not item:
             raise InvalidRequest("input must not contain empty token lists.", param=f"input[{i}]")
     return items
+
+
+def text_bytes(messages: Any) -> int:
+    """Bytes of the messages' texts: every one of them is in the rendered prompt.
+
+    With an engine's longest token, a lower bound of the prompt's tokens, which
+    refuses a prompt far too long for the context window without tokenising it.
+    """
+    total = 0
+    for msg in messages:
+        content = msg.get("content") if isinstance(msg, dict) else None
+        parts = [content] if isinstance(content, str) else [
+            part.get("text") for part in content or () if isinstance(part, dict)]
+        total += sum(len(t.encode("utf-8", "surrogatepass")) for t in parts if isinstance(t, str))
+    return total

@@ -398,7 +398,7 @@ class InferenceService:
             engine = model.engine
             await self._check_context(engine, lambda: engine.count_chat_tokens(params),
                                       params.sampling.max_tokens, "messages", model,
-                                      partial(_text_bytes, params.messages))  # fmt: skip
+                                      partial(convert.text_bytes, params.messages))  # fmt: skip
             deltas = self._restored(await self._open_stream(
                 model, meter, lambda cancel: engine.stream_chat(params, cancel)
             ), decision)  # fmt: skip
@@ -507,7 +507,7 @@ class InferenceService:
                 )  # fmt: skip
                 await self._check_context(
                     engine, counter, params.sampling.max_tokens, "prompt", model,
-                    partial(_text_bytes, [{"content": prompt}]) if isinstance(prompt, str)
+                    partial(convert.text_bytes, [{"content": prompt}]) if isinstance(prompt, str)
                     else None)
             first = self._restored(await self._open_stream(
                 model, meter, partial(engine.stream_completion, all_params[0])
@@ -804,17 +804,6 @@ class InferenceService:
                     gen.usage = delta.usage
         gen.text = "".join(text)
         return gen
-
-
-def _text_bytes(messages: Any) -> int:
-    """Bytes of the messages' texts: every one of them is in the rendered prompt."""
-    total = 0
-    for msg in messages:
-        content = msg.get("content") if isinstance(msg, dict) else None
-        parts = [content] if isinstance(content, str) else [
-            part.get("text") for part in content or () if isinstance(part, dict)]
-        total += sum(len(t.encode("utf-8", "surrogatepass")) for t in parts if isinstance(t, str))
-    return total
 
 
 def _subject_of(user: str | None, metadata: dict[str, Any] | None) -> tuple[str, str] | None:
