@@ -2,16 +2,24 @@
 
 Usage::
 
-    python benchmarks/serving.py [--runs 3] [--max-tokens 128] [--no-record]
+    python benchmarks/serving.py [--part decode|platform|all] [--runs 3]
+                                 [--max-tokens 128] [--calls 500] [--no-record]
 
-Measures, with the same model, prompt and sampling settings:
+``--part decode`` (the default) measures, with the same model, prompt and
+sampling settings:
 
 1. decode tokens/s and time to first token (TTFT) calling ``llama_cpp.Llama``
    in-process (the baseline), then streaming through ``intramuros serve`` over
    HTTP with the official ``openai`` client; prints the ratios;
 2. aggregate decode tokens/s with 1, 2, 4 and 8 concurrent streaming clients.
 
-Prints a table and appends it, with a description of the machine, to
+``--part platform`` measures what the platform itself costs
+(``platform_bench.py``): the latency it adds to a 1-token call through an
+upstream, against the upstream directly and LiteLLM's proxy when installed;
+token gaps of running streams while another process holds the database's
+write lock; ``/v1/kyc/screen`` throughput over HTTP.
+
+Prints tables and appends them, with a description of the machine, to
 ``benchmarks/RESULTS.md``. Nothing here is asserted: numbers are recorded.
 """
 
@@ -152,7 +160,30 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--no-record", action="store_true", help="Do not append to RESULTS.md.")
+    ap.add_argument("--part", choices=("decode", "platform", "all"), default="decode")
+    ap.add_argument("--calls", type=int, default=500, help="Calls per path (platform part).")
     args = ap.parse_args()
+    if args.part in ("platform", "all"):
+        platform(args.calls, args.no_record)
+    if args.part in ("decode", "all"):
+        decode(args)
+
+
+def platform(calls: int, no_record: bool) -> None:
+    from platform_bench import run
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=110, record=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for table in run(Path(tmp), calls, Table):
+            console.print(table)
+    if not no_record:
+        append_result("serving.py --part platform", console.export_text())
+        print("appended to benchmarks/RESULTS.md")
+
+
+def decode(args: argparse.Namespace) -> None:
 
     from tests.conftest import start_server, stop_server
 

@@ -36,7 +36,7 @@ from intramuros.ledger import (
 )
 from intramuros.ledger.chain import GENESIS_HASH, body_hash, record_hash
 from intramuros.store.db import Database
-from tests.conftest import open_db
+from tests.conftest import open_db, steps_before
 
 FIELDS = ("seq", "ts", "kind", "tenant", "key_id", "subject", "data", "content_digest")
 
@@ -459,13 +459,8 @@ def test_rotation_keeps_old_records_and_checkpoints_verifiable(db: Database,
 
 def _old_schema(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Database:
     """A database as the code before keyed records left it: migrations up to 9."""
-    from intramuros.store import db as store_db
-
-    before = [m for m in store_db.MIGRATIONS if m.version < 10]
-    with monkeypatch.context() as m:
-        m.setattr(store_db, "MIGRATIONS", before)
-        database = Database(db_url)
-        assert 10 not in database.migrate()
+    database = Database(db_url)
+    assert ("ledger", 2) not in database.migrate(steps_before(10))
     assert "mac" not in {c["name"] for c in sa.inspect(database.engine).get_columns(
         "ledger_records")}  # fmt: skip
     return database

@@ -20,6 +20,9 @@ import pytest
 from tests.conftest import CHAT_MODEL, EMBED_MODEL, Server, start_server, stop_server
 from tests.watch import HealthWatch
 
+# Real models or a server process: the slow tier.
+pytestmark = pytest.mark.slow
+
 LIMIT = 8 * 1024 * 1024
 BUDGET = 0.100  # seconds: the slowest /healthz answer allowed during an attack
 

@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,7 +28,11 @@ import openai
 import pytest
 
 from tests.conftest import CHAT_MODEL, EMBED_MODEL, Server, bundled_file, start_server, stop_server
+from tests.helpers import cli
 from tests.test_walls import EchoUpstream
+
+# Real models or a server process: the slow tier.
+pytestmark = pytest.mark.slow
 
 IBAN_FR = "FR76 3000 6000 0112 3456 7890 189"
 IBAN_DE = "DE89 3704 0044 0532 0130 00"
@@ -55,35 +58,25 @@ def walls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Ec
                    check=True, capture_output=True, timeout=60)  # fmt: skip
     env = {"INTRAMUROS_LEDGER_KEY_FILE": str(key_file)}
     stub = EchoUpstream()
-    _cli(data, env, "models", "add-upstream", "echo", "--base-url",
-         f"http://127.0.0.1:{stub.port}/v1", "--upstream-model", "echo",
-         "--capabilities", "chat,tools,json")  # fmt: skip
+    cli(data, "models", "add-upstream", "echo", "--base-url", f"http://127.0.0.1:{stub.port}/v1",
+        "--upstream-model", "echo", "--capabilities", "chat,tools,json", env=env)  # fmt: skip
     # an upstream completion model: no tokenizer here to decode token ids with
-    _cli(data, env, "models", "add-upstream", "echo-complete", "--base-url",
-         f"http://127.0.0.1:{stub.port}/v1", "--upstream-model", "echo",
-         "--capabilities", "completion")  # fmt: skip
+    cli(data, "models", "add-upstream", "echo-complete", "--base-url",
+        f"http://127.0.0.1:{stub.port}/v1", "--upstream-model", "echo",
+        "--capabilities", "completion", env=env)  # fmt: skip
     srv = start_server(data, "--preload-models", f"{CHAT_MODEL},{EMBED_MODEL}",
                        "--max-body-bytes", str(8 * 1024 * 1024), auth=True, env=env)  # fmt: skip
-    _cli(data, env, "tenants", "policy", "acme", "--store-content", "--pii", "iban=block")
-    _cli(data, env, "tenants", "policy", "globex", "--store-content", "--pii", "email=pseudonymise")
-    srv.keys["globex-admin"] = _cli(data, env, "keys", "create", "--tenant", "globex",
-                                    "--role", "admin").strip()  # fmt: skip
+    cli(data, "tenants", "policy", "acme", "--store-content", "--pii", "iban=block", env=env)
+    cli(data, "tenants", "policy", "globex", "--store-content", "--pii", "email=pseudonymise",
+        env=env)  # fmt: skip
+    srv.keys["globex-admin"] = cli(data, "keys", "create", "--tenant", "globex", "--role", "admin",
+                                   env=env).strip()  # fmt: skip
     yield srv, stub
     for c in _clients.values():
         c.close()
     _clients.clear()
     stop_server(srv)
     stub.close()
-
-
-def _cli(data: Path, env: dict[str, str], *args: str) -> str:
-    import os
-
-    r = subprocess.run([sys.executable, "-m", "intramuros.cli", *args, "--data-dir", str(data)],
-                       capture_output=True, text=True, timeout=120,
-                       env={**os.environ, **env})  # fmt: skip
-    assert r.returncode == 0, f"intramuros {' '.join(args)}: {r.stderr}"
-    return r.stdout
 
 
 _clients: dict[tuple[int, str], openai.OpenAI] = {}

@@ -20,6 +20,9 @@ import pytest
 
 from tests.conftest import CHAT_MODEL, Server, cli, start_server, stop_server
 
+# Real models or a server process: the slow tier.
+pytestmark = pytest.mark.slow
+
 # A schema that forces a long answer: the grammar forbids the end before 300 numbers.
 LONG = {
     "model": CHAT_MODEL, "max_tokens": 1500, "temperature": 0, "stream": True,

@@ -22,8 +22,19 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import CHAT_MODEL, Server, bundled_file, cli, start_server, stop_server
+from tests.conftest import (
+    CHAT_MODEL,
+    Server,
+    bundled_file,
+    cli,
+    start_server,
+    steps_before,
+    stop_server,
+)
 from tests.test_docai_docs import make_pdf
+
+# Real models or a server process: the slow tier.
+pytestmark = pytest.mark.slow
 
 LIST = "id,name,type\nih-1,Quentin Zebulon Example,person\n"
 
@@ -44,12 +55,8 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     stop_server(server)
 
 
+# The server's ledger key: commands run with it (their records are keyed).
 KEY_ENV: dict[str, str] = {}
-
-
-def _cli(srv: Server, *args: str) -> str:
-    """A command run with the server's ledger key (its records are keyed)."""
-    return cli(srv.data_dir, *args, env=KEY_ENV)
 
 
 def _auth(key: str) -> dict[str, str]:
@@ -57,8 +64,8 @@ def _auth(key: str) -> dict[str, str]:
 
 
 def _new_tenant(srv: Server, name: str) -> str:
-    _cli(srv, "tenants", "create", name, "--store-content")
-    return _cli(srv, "keys", "create", "--tenant", name).strip()
+    cli(srv.data_dir, "tenants", "create", name, "--store-content", env=KEY_ENV)
+    return cli(srv.data_dir, "keys", "create", "--tenant", name, env=KEY_ENV).strip()
 
 
 def _leave_traces(srv: Server, key: str) -> dict[str, str]:
@@ -125,7 +132,7 @@ def test_a_deleted_tenant_leaves_nothing_and_its_name_starts_empty(srv: Server, 
     traces = _leave_traces(srv, key)
     assert _rows_of(srv, old_id)["files"] == 1 and _rows_of(srv, old_id)["ledger_content"] >= 1
     if how == "cli":
-        out = _cli(srv, "tenants", "delete", name)
+        out = cli(srv.data_dir, "tenants", "delete", name, env=KEY_ENV)
         assert f"id {old_id}" in out and "never reused" in out
     else:
         r = httpx.delete(srv.base_url + f"/v1/admin/tenants/{name}",
@@ -225,7 +232,8 @@ def test_a_tenant_admin_rules_only_its_own_tenant(srv: Server) -> None:
 def test_no_server_path_in_answers(srv: Server, tmp_path: Path) -> None:
     # a model added from a file: its origin is shown by file name only
     weights = bundled_file(CHAT_MODEL)
-    _cli(srv, "models", "add", str(weights), "--name", "own-copy", "--license", "Apache-2.0")
+    cli(srv.data_dir, "models", "add", str(weights), "--name", "own-copy", "--license",
+        "Apache-2.0", env=KEY_ENV)  # fmt: skip
     user = srv.headers("user")
     bodies = [httpx.get(srv.base_url + path, headers=user, timeout=30).text
               for path in ("/v1/models", "/v1/models/own-copy", "/v1/kyc/lists")]  # fmt: skip
@@ -271,10 +279,8 @@ def test_databases_of_the_previous_version_are_migrated(
 
     # A database as the previous version left it: tenant "zed" was deleted then, which
     # removed its row and revoked its keys but left its records behind.
-    full = store.MIGRATIONS
-    monkeypatch.setattr(store, "MIGRATIONS", [m for m in full if m.version <= 9])
     database = store.Database(db_url)
-    database.migrate()
+    database.migrate(steps_before(10))
     with database.begin() as conn:
         conn.execute(sa.text("INSERT INTO tenants (name, created_at, policy) "
                              "VALUES ('acme', 1, '{}')"))
@@ -283,19 +289,19 @@ def test_databases_of_the_previous_version_are_migrated(
                 "INSERT INTO request_log (request_id, ts, route, status, prompt_tokens, "
                 "completion_tokens, latency_ms, tenant) VALUES (:r, 1, '/v1/x', 200, 0, 0, 1, :t)"
             ), {"r": f"req-{tenant}", "t": tenant})  # fmt: skip
-    monkeypatch.setattr(store, "MIGRATIONS", full)
     database.migrate()
     tenants = Tenants(database)
     assert tenants.resolve("acme") == "acme"  # a live tenant keeps its name as its id
     assert [t.id for t in tenants.tombstones(pending_only=True)] == ["zed"]
     assert tenants.create("zed").id != "zed"  # the old zed's rows are not the new one's
     from intramuros.ledger import Ledger
-    from intramuros.serving.tenancy import PurgeContext, finish_pending
+    from intramuros.serving.tenancy import finish_pending, purge_context
     from intramuros.settings import load_settings
 
     settings = load_settings(data_dir=Path("/nonexistent-data-dir"), database_url=db_url)
-    ctx = PurgeContext(settings=settings, db=database, ledger=Ledger(database), actor="test")
-    monkeypatch.setattr("intramuros.serving.tenancy.AREA_PURGES", ())
+    ctx = purge_context(settings, database, Ledger(database), actor="test")
+    # The core's own rows only: no workload plug-in's purge.
+    monkeypatch.setattr("intramuros.serving.tenancy.installed_workloads", list)
     done = finish_pending(ctx, tenants)
     assert done["zed"]["requests"] == 1
     with database.begin() as conn:

@@ -34,7 +34,11 @@ import openai
 import pytest
 
 from tests.conftest import Server, cli, start_server, stop_server
+from tests.helpers import check_error
 from tests.watch import cpu_seconds, memory, reset_peak
+
+# Real models or a server process: the slow tier.
+pytestmark = pytest.mark.slow
 
 IBAN = "DE89 3704 0044 0532 0130 00"
 SPOKEN_IP = "The IP address is 8.8.8.8."
@@ -122,12 +126,6 @@ def content_of(srv: Server, record: dict[str, Any]) -> str:
     return json.dumps(r.json()["content"])
 
 
-def error_of(r: httpx.Response, status: int = 400) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    err: dict[str, Any] = r.json()["error"]
-    return err
-
-
 # -- memory ----------------------------------------------------------------------------------
 
 
@@ -170,7 +168,7 @@ def test_over_the_limit_is_refused_from_the_headers_or_while_decoding(
     for data, where in ((silent_opus(audio, 100), "declared"),
                         (silent_opus(audio, 100, piped=True), "decoded")):  # fmt: skip
         started = time.monotonic()
-        err = error_of(transcribe(voice, data, timeout=120))
+        err = check_error(transcribe(voice, data, timeout=120), 400)
         took = time.monotonic() - started
         assert (err["code"], err["param"]) == ("audio_too_long", "file"), err
         assert f"{LIMIT_SECONDS} s" in err["message"], err
@@ -243,7 +241,7 @@ def test_a_full_decoder_line_answers_429(tmp_path: Path, audio: Path) -> None:
         started = time.monotonic()
         r = transcribe(srv, data, timeout=30)
         took = time.monotonic() - started
-        err = error_of(r, 429)
+        err = check_error(r, 429)
         assert err["code"] == "audio_decoders_busy" and err["type"] == "rate_limit_error", err
         assert "voice_decode_queue" in err["message"] and r.headers["Retry-After"] == "1"
         assert took < 3, took
@@ -287,7 +285,7 @@ def test_a_transcript_with_blocked_data_is_refused_whole_or_streamed(
     assert "IP address" in kept and "[IP]" in kept, kept
     assert "8.8.8.8" not in kept and "10.1.2.3" not in kept, kept
     # acme blocks IP addresses: refused whole ...
-    err = error_of(transcribe(voice, clip))
+    err = check_error(transcribe(voice, clip), 400)
     assert (err["code"], err["param"]) == ("personal_data_blocked", "file"), err
     assert "ip" in err["message"] and "8.8" not in err["message"]
     record = calls(voice, "acme")[-1]["data"]

@@ -20,6 +20,10 @@ import httpx
 import pytest
 
 from tests.conftest import CHAT_MODEL, EMBED_MODEL, Server
+from tests.helpers import ANY, check_error
+
+# Real models or a server process: the slow tier.
+pytestmark = pytest.mark.slow
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -30,9 +34,6 @@ JSON_HEADERS = {"content-type": "application/json"}
 BODY_LIMIT = 1024 * 1024
 # Settings.max_embedding_inputs' default (the fixture does not change it).
 MAX_EMBEDDING_INPUTS = 2048
-ANY = object()  # "do not check this field"
-
-LEAKS = ("Traceback", 'File "', '.py", line', "/work", "site-packages", "/usr/lib", "/tmp/")
 
 
 def chat(**extra: Any) -> dict[str, Any]:
@@ -74,39 +75,6 @@ def raw_chat_with_content(content_json: str) -> bytes:
         f'{{"model": "{CHAT_MODEL}", "max_tokens": 4, '
         f'"messages": [{{"role": "user", "content": {content_json}}}]}}'
     ).encode()
-
-
-def check_error(
-    r: httpx.Response,
-    status: int,
-    *,
-    param: Any = ANY,
-    code: Any = ANY,
-    type_: Any = ANY,
-    contains: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    """Assert ``r`` is an OpenAI error object with this status (and fields); return it."""
-    assert r.status_code == status, f"expected {status}, got {r.status_code}: {r.text[:500]}"
-    assert r.headers["content-type"].startswith("application/json"), r.headers
-    body = r.json()
-    assert isinstance(body, dict) and set(body) == {"error"}, body
-    err = body["error"]
-    assert set(err) == {"message", "type", "param", "code"}, err
-    assert isinstance(err["message"], str) and err["message"].strip(), err
-    assert isinstance(err["type"], str) and err["type"], err
-    assert err["param"] is None or isinstance(err["param"], str), err
-    assert err["code"] is None or isinstance(err["code"], str), err
-    for leak in LEAKS:
-        assert leak not in err["message"], f"{leak!r} leaked in {err['message']!r}"
-    if param is not ANY:
-        assert err["param"] == param, err
-    if code is not ANY:
-        assert err["code"] == code, err
-    if type_ is not ANY:
-        assert err["type"] == type_, err
-    for text in contains:
-        assert text in err["message"], err
-    return err
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,9 @@ from intramuros.bench import scorers
 from intramuros.bench.suite import load_suite
 from tests.conftest import Server, free_port, start_server, stop_server
 
+# Real models or a server process: the slow tier.
+pytestmark = pytest.mark.slow
+
 CHAT, BASE = "smollm2-135m-instruct", "gemma-3-270m"
 METERED = ("latency_ms", "ttft_ms", "cpu_seconds", "energy_joules", "cost_eur", "co2e_grams")
 

@@ -1,6 +1,7 @@
 """The `intramuros` command, run as a subprocess exactly as an operator runs it.
 
-Every command gets its own temporary ``--data-dir``. Failures must exit
+Every command gets its own temporary ``--data-dir`` and a clean environment
+(no ``INTRAMUROS_*`` variable, no terminal size). Failures must exit
 non-zero with one clear line on stderr, never a Python traceback.
 """
 
@@ -12,7 +13,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -20,40 +20,15 @@ import pytest
 
 from intramuros.settings import Settings
 from tests.conftest import CHAT_MODEL, EMBED_MODEL, bundled_file
+from tests.helpers import run_cli
 
 BUNDLED_NAMES = (CHAT_MODEL, EMBED_MODEL)
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # click prints usage errors as "Usage: ...", "Try '... --help' for help.", "Error: ...".
 CLICK_USAGE_LINES = re.compile(r"^(Usage: |Try '.*--help' for help\.)")
 
-
-def cli(
-    *args: str,
-    data_dir: Path | None,
-    env: dict[str, str] | None = None,
-    timeout: float = 120,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m intramuros.cli ARGS [--data-dir DATA_DIR]`` with a clean environment.
-
-    No ``INTRAMUROS_*`` variables leak in from the caller, and no terminal
-    width is imposed: output is what a pipe or a log file receives.
-    """
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("INTRAMUROS_") and k not in ("COLUMNS", "LINES")
-    }
-    cmd = [sys.executable, "-m", "intramuros.cli", *args]
-    if data_dir is not None:
-        cmd += ["--data-dir", str(data_dir)]
-    return subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**clean, **(env or {})},
-        check=False,
-    )
+# Every test here starts the command as a process: the slow tier.
+pytestmark = pytest.mark.slow
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess[str], *patterns: str) -> str:
@@ -78,7 +53,7 @@ def assert_clean_failure(result: subprocess.CompletedProcess[str], *patterns: st
 
 
 def list_json(data_dir: Path) -> dict[str, dict[str, object]]:
-    result = cli("models", "list", "--json", data_dir=data_dir)
+    result = run_cli("models", "list", "--json", data_dir=data_dir, clean_env=True)
     assert result.returncode == 0, result.stderr
     records = json.loads(result.stdout)
     assert isinstance(records, list)
@@ -119,7 +94,7 @@ def smol_copy(tmp_path: Path, smol_source: Path) -> Path:
 
 
 def test_models_list_shows_bundled_models(tmp_path: Path) -> None:
-    result = cli("models", "list", data_dir=tmp_path / "data")
+    result = run_cli("models", "list", data_dir=tmp_path / "data", clean_env=True)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     for name in BUNDLED_NAMES:
@@ -152,9 +127,9 @@ def test_add_verify_then_tamper(tmp_path: Path, smol_copy: Path) -> None:
     data = tmp_path / "data"
     expected = sha256_of(smol_copy)
 
-    added = cli(
+    added = run_cli(
         "models", "add", str(smol_copy), "--name", "my-smol", "--license", "Apache-2.0",
-        data_dir=data,
+        data_dir=data, clean_env=True,
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
     assert "Traceback" not in added.stderr
@@ -173,7 +148,7 @@ def test_add_verify_then_tamper(tmp_path: Path, smol_copy: Path) -> None:
     assert record["size_bytes"] == smol_copy.stat().st_size
     assert record["bundled"] is False
 
-    verified = cli("models", "verify", "my-smol", data_dir=data)
+    verified = run_cli("models", "verify", "my-smol", data_dir=data, clean_env=True)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "Traceback" not in verified.stderr
 
@@ -188,7 +163,7 @@ def test_add_verify_then_tamper(tmp_path: Path, smol_copy: Path) -> None:
     assert actual != expected
 
     for args in (("models", "verify"), ("models", "verify", "my-smol")):
-        tampered = cli(*args, data_dir=data)
+        tampered = run_cli(*args, data_dir=data, clean_env=True)
         output = tampered.stdout + tampered.stderr
         assert tampered.returncode == 1, output
         assert "Traceback" not in output
@@ -201,9 +176,11 @@ def test_add_verify_then_tamper(tmp_path: Path, smol_copy: Path) -> None:
 
 def test_verify_everything_in_a_fresh_data_dir(tmp_path: Path, smol_source: Path) -> None:
     data = tmp_path / "data"
-    added = cli("models", "add", str(smol_source), "--name", "my-smol", data_dir=data)
+    added = run_cli(
+        "models", "add", str(smol_source), "--name", "my-smol", data_dir=data, clean_env=True
+    )
     assert added.returncode == 0, added.stderr
-    result = cli("models", "verify", data_dir=data)
+    result = run_cli("models", "verify", data_dir=data, clean_env=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert "FAILED" not in result.stdout
@@ -212,26 +189,34 @@ def test_verify_everything_in_a_fresh_data_dir(tmp_path: Path, smol_source: Path
 
 def test_add_duplicate_name_is_refused(tmp_path: Path, smol_source: Path) -> None:
     data = tmp_path / "data"
-    first = cli("models", "add", str(smol_source), "--name", "dup-smol", data_dir=data)
+    first = run_cli(
+        "models", "add", str(smol_source), "--name", "dup-smol", data_dir=data, clean_env=True
+    )
     assert first.returncode == 0, first.stderr
-    again = cli("models", "add", str(smol_source), "--name", "dup-smol", data_dir=data)
+    again = run_cli(
+        "models", "add", str(smol_source), "--name", "dup-smol", data_dir=data, clean_env=True
+    )
     assert_clean_failure(again, "dup-smol", "exists")
     # --replace is the way to overwrite it.
-    replaced = cli(
-        "models", "add", str(smol_source), "--name", "dup-smol", "--replace", data_dir=data
-    )
+    replaced = run_cli(
+        "models", "add", str(smol_source), "--name", "dup-smol", "--replace",
+        data_dir=data, clean_env=True,
+    )  # fmt: skip
     assert replaced.returncode == 0, replaced.stderr
     assert sum(1 for name in list_json(data) if name == "dup-smol") == 1
 
 
 def test_remove_added_model(tmp_path: Path, smol_source: Path) -> None:
     data = tmp_path / "data"
-    assert cli("models", "add", str(smol_source), "--name", "gone", data_dir=data).returncode == 0
-    removed = cli("models", "remove", "gone", data_dir=data)
+    added = run_cli(
+        "models", "add", str(smol_source), "--name", "gone", data_dir=data, clean_env=True
+    )
+    assert added.returncode == 0
+    removed = run_cli("models", "remove", "gone", data_dir=data, clean_env=True)
     assert removed.returncode == 0, removed.stderr
     assert "gone" not in list_json(data)
     assert smol_source.is_file()  # the file itself stays
-    assert_clean_failure(cli("models", "remove", "gone", data_dir=data), "gone")
+    assert_clean_failure(run_cli("models", "remove", "gone", data_dir=data, clean_env=True), "gone")
 
 
 def _bad_files(folder: Path, real: Path) -> dict[str, Path]:
@@ -258,21 +243,27 @@ def _bad_files(folder: Path, real: Path) -> dict[str, Path]:
 def test_add_a_file_that_is_not_gguf(tmp_path: Path, smol_source: Path, kind: str) -> None:
     data = tmp_path / "data"
     path = _bad_files(tmp_path / "files", smol_source)[kind]
-    result = cli("models", "add", str(path), "--name", "bad-file", data_dir=data)
+    result = run_cli(
+        "models", "add", str(path), "--name", "bad-file", data_dir=data, clean_env=True
+    )
     assert_clean_failure(result, re.escape(path.name), "GGUF")
     assert "bad-file" not in list_json(data)
 
 
 def test_add_a_path_that_does_not_exist(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-dir" / "does-not-exist.gguf"
-    result = cli("models", "add", str(missing), "--name", "ghost", data_dir=tmp_path / "data")
+    result = run_cli(
+        "models", "add", str(missing), "--name", "ghost", data_dir=tmp_path / "data", clean_env=True
+    )
     assert_clean_failure(result, "does-not-exist.gguf", "not a file|does not exist|no such")
 
 
 def test_add_a_directory(tmp_path: Path) -> None:
     folder = tmp_path / "a-folder.gguf"
     folder.mkdir()
-    result = cli("models", "add", str(folder), "--name", "folder", data_dir=tmp_path / "data")
+    result = run_cli(
+        "models", "add", str(folder), "--name", "folder", data_dir=tmp_path / "data", clean_env=True
+    )
     assert_clean_failure(result, "a-folder.gguf")
 
 
@@ -290,7 +281,9 @@ BAD_NAMES = {
 @pytest.mark.parametrize("name", list(BAD_NAMES.values()), ids=list(BAD_NAMES))
 def test_add_with_a_bad_name(tmp_path: Path, smol_source: Path, name: str) -> None:
     data = tmp_path / "data"
-    result = cli("models", "add", str(smol_source), "--name", name, data_dir=data)
+    result = run_cli(
+        "models", "add", str(smol_source), "--name", name, data_dir=data, clean_env=True
+    )
     assert_clean_failure(result, r"\bname\b")
     assert set(list_json(data)) >= set(BUNDLED_NAMES)
     assert name not in list_json(data)
@@ -299,7 +292,9 @@ def test_add_with_a_bad_name(tmp_path: Path, smol_source: Path, name: str) -> No
 @pytest.mark.parametrize("name", BUNDLED_NAMES)
 def test_add_with_the_name_of_a_bundled_model(tmp_path: Path, smol_source: Path, name: str) -> None:
     data = tmp_path / "data"
-    result = cli("models", "add", str(smol_source), "--name", name, data_dir=data)
+    result = run_cli(
+        "models", "add", str(smol_source), "--name", name, data_dir=data, clean_env=True
+    )
     assert_clean_failure(result, re.escape(name), "bundled")
     assert list_json(data)[name]["bundled"] is True
 
@@ -313,9 +308,9 @@ def test_add_with_bad_capabilities(
     tmp_path: Path, smol_source: Path, value: str, pattern: str
 ) -> None:
     data = tmp_path / "data"
-    result = cli(
+    result = run_cli(
         "models", "add", str(smol_source), "--name", "caps", "--capabilities", value,
-        data_dir=data,
+        data_dir=data, clean_env=True,
     )  # fmt: skip
     if value == ",,," and result.returncode == 0:
         # No capability named: the default (from the file) applied.
@@ -326,9 +321,9 @@ def test_add_with_bad_capabilities(
 
 
 def test_add_with_a_tiny_context_length(tmp_path: Path, smol_source: Path) -> None:
-    result = cli(
+    result = run_cli(
         "models", "add", str(smol_source), "--name", "tiny", "--context-length", "5",
-        data_dir=tmp_path / "data",
+        data_dir=tmp_path / "data", clean_env=True,
     )  # fmt: skip
     assert_clean_failure(result, "context-length")
 
@@ -336,33 +331,35 @@ def test_add_with_a_tiny_context_length(tmp_path: Path, smol_source: Path) -> No
 @pytest.mark.parametrize("url", ["ftp://x", "file:///etc/passwd", "not a url", "http://"], ids=str)
 def test_add_upstream_with_a_bad_url(tmp_path: Path, url: str) -> None:
     data = tmp_path / "data"
-    result = cli("models", "add-upstream", "up", "--base-url", url, data_dir=data)
+    result = run_cli(
+        "models", "add-upstream", "up", "--base-url", url, data_dir=data, clean_env=True
+    )
     assert_clean_failure(result, "url")
     assert "up" not in list_json(data)
 
 
 def test_add_upstream_with_a_bad_name(tmp_path: Path) -> None:
-    result = cli(
+    result = run_cli(
         "models", "add-upstream", "../up", "--base-url", "http://127.0.0.1:9/v1",
-        data_dir=tmp_path / "data",
+        data_dir=tmp_path / "data", clean_env=True,
     )  # fmt: skip
     assert_clean_failure(result, r"\bname\b")
 
 
 def test_remove_unknown_model(tmp_path: Path) -> None:
-    result = cli("models", "remove", "nosuchmodel", data_dir=tmp_path / "data")
+    result = run_cli("models", "remove", "nosuchmodel", data_dir=tmp_path / "data", clean_env=True)
     assert_clean_failure(result, "nosuchmodel")
 
 
 def test_remove_bundled_model(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    result = cli("models", "remove", CHAT_MODEL, data_dir=data)
+    result = run_cli("models", "remove", CHAT_MODEL, data_dir=data, clean_env=True)
     assert_clean_failure(result, re.escape(CHAT_MODEL), "bundled")
     assert CHAT_MODEL in list_json(data)
 
 
 def test_verify_unknown_model(tmp_path: Path) -> None:
-    result = cli("models", "verify", "nosuchmodel", data_dir=tmp_path / "data")
+    result = run_cli("models", "verify", "nosuchmodel", data_dir=tmp_path / "data", clean_env=True)
     assert_clean_failure(result, "nosuchmodel")
 
 
@@ -384,12 +381,12 @@ def test_verify_unknown_model(tmp_path: Path) -> None:
     ids=["port-99999", "port-negative", "n-ctx-1", "max-body-10", "log-level", "port-word"],
 )
 def test_serve_with_bad_flags(tmp_path: Path, args: tuple[str, ...], pattern: str) -> None:
-    result = cli("serve", *args, data_dir=tmp_path / "data", timeout=60)
+    result = run_cli("serve", *args, data_dir=tmp_path / "data", clean_env=True, timeout=60)
     assert_clean_failure(result, pattern)
 
 
 def test_serve_help_lists_every_setting() -> None:
-    result = cli("serve", "--help", data_dir=None)
+    result = run_cli("serve", "--help", data_dir=None, clean_env=True)
     assert result.returncode == 0, result.stderr
     text = " ".join(result.stdout.split())
     for name, info in Settings.model_fields.items():
@@ -401,28 +398,37 @@ def test_serve_help_lists_every_setting() -> None:
 
 
 def test_serve_with_a_bad_environment_variable(tmp_path: Path) -> None:
-    result = cli("serve", data_dir=tmp_path / "data", env={"INTRAMUROS_PORT": "abc"}, timeout=60)
+    result = run_cli(
+        "serve", data_dir=tmp_path / "data", clean_env=True,
+        env={"INTRAMUROS_PORT": "abc"}, timeout=60,
+    )  # fmt: skip
     assert_clean_failure(result, "port")
 
 
 def test_serve_with_a_bad_config_value(tmp_path: Path) -> None:
     config = tmp_path / "intramuros.toml"
     config.write_text('port = "x"\n')
-    result = cli("serve", "--config", str(config), data_dir=tmp_path / "data", timeout=60)
+    result = run_cli(
+        "serve", "--config", str(config), data_dir=tmp_path / "data", clean_env=True, timeout=60
+    )
     assert_clean_failure(result, "port")
 
 
 def test_serve_with_a_config_file_that_does_not_parse(tmp_path: Path) -> None:
     config = tmp_path / "broken.toml"
     config.write_text("port = \n[[[\n")
-    result = cli("serve", "--config", str(config), data_dir=tmp_path / "data", timeout=60)
+    result = run_cli(
+        "serve", "--config", str(config), data_dir=tmp_path / "data", clean_env=True, timeout=60
+    )
     assert_clean_failure(result, "config")
 
 
 def test_serve_with_an_unknown_config_key(tmp_path: Path) -> None:
     config = tmp_path / "extra.toml"
     config.write_text("frobnicate = 1\n")
-    result = cli("serve", "--config", str(config), data_dir=tmp_path / "data", timeout=60)
+    result = run_cli(
+        "serve", "--config", str(config), data_dir=tmp_path / "data", clean_env=True, timeout=60
+    )
     assert_clean_failure(result, "frobnicate")
 
 
@@ -430,16 +436,21 @@ def test_serve_with_an_unknown_config_key(tmp_path: Path) -> None:
 def test_config_file_that_does_not_exist(tmp_path: Path, how: str) -> None:
     missing = tmp_path / "nowhere.toml"
     if how == "flag":
-        result = cli("serve", "--config", str(missing), data_dir=tmp_path / "data", timeout=60)
-    else:
-        result = cli(
-            "serve", data_dir=tmp_path / "data", env={"INTRAMUROS_CONFIG": str(missing)},
+        result = run_cli(
+            "serve", "--config", str(missing), data_dir=tmp_path / "data", clean_env=True,
             timeout=60,
+        )  # fmt: skip
+    else:
+        result = run_cli(
+            "serve", data_dir=tmp_path / "data", clean_env=True,
+            env={"INTRAMUROS_CONFIG": str(missing)}, timeout=60,
         )  # fmt: skip
     assert_clean_failure(result, "nowhere.toml", "does not exist|not found|no such")
 
 
 def test_models_commands_refuse_a_missing_config_file(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.toml"
-    result = cli("models", "list", "--config", str(missing), data_dir=tmp_path / "data")
+    result = run_cli(
+        "models", "list", "--config", str(missing), data_dir=tmp_path / "data", clean_env=True
+    )
     assert_clean_failure(result, "nowhere.toml")

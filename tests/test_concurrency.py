@@ -14,6 +14,9 @@ import pytest
 
 from tests.conftest import CHAT_MODEL, Server, start_server, stop_server
 
+# Real models or a server process: the slow tier.
+pytestmark = pytest.mark.slow
+
 # The grammar forbids ending before 600 numbers: a generation that surely runs
 # for the whole max_tokens (tens of seconds here), whatever the model would like.
 ENDLESS_SCHEMA = {

@@ -20,7 +20,11 @@ import jsonschema
 import pytest
 
 from tests.conftest import CHAT_MODEL, Server, start_server, stop_server
+from tests.helpers import check_error
 from tests.test_docai_docs import INVOICE_LINES, image_pdf, locked_pdf, make_pdf, make_png
+
+# Real models or a server process: the slow tier.
+pytestmark = pytest.mark.slow
 
 LIMIT = 400_000
 COVER = ["Dear customer,", "please find our invoice on the next page.", "Kind regards"]
@@ -176,22 +180,15 @@ def _bomb() -> bytes:
     return buf.getvalue()
 
 
-def _error(r: httpx.Response, status: int) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    err: dict[str, Any] = r.json()["error"]
-    assert err["message"]
-    return err
-
-
 def test_bad_ocr_requests(srv: Server, http: httpx.Client, invoice_pdf: bytes) -> None:
     def ocr(document: Any, **extra: Any) -> httpx.Response:
         return http.post("/v1/ocr", json={"document": document, **extra})
 
     for url in ("https://example.com/a.pdf", "http://10.0.0.1/x.pdf", "ftp://h/x.pdf",
                 " HTTPS://EXAMPLE.COM/A.PDF"):  # fmt: skip
-        err = _error(ocr({"type": "document_url", "document_url": url}), 400)
+        err = check_error(ocr({"type": "document_url", "document_url": url}), 400)
         assert err["code"] == "remote_url_refused" and err["param"] == "document.document_url"
-    err = _error(ocr({"type": "image_url", "image_url": "https://example.com/a.png"}), 400)
+    err = check_error(ocr({"type": "image_url", "image_url": "https://example.com/a.png"}), 400)
     assert err["code"] == "remote_url_refused" and err["param"] == "document.image_url"
     cases = [
         {"type": "document_url", "document_url": "data:application/pdf;base64,@@@not-b64@@@"},
@@ -203,7 +200,7 @@ def test_bad_ocr_requests(srv: Server, http: httpx.Client, invoice_pdf: bytes) -
         {"type": "image_url", "image_url": _data_url("application/pdf", invoice_pdf)},
     ]
     for document in cases:
-        err = _error(ocr(document), 400)
+        err = check_error(ocr(document), 400)
         assert err["code"] == "invalid_document" and err["param"].startswith("document."), err
     # Broken documents: the reader names the reason.
     for broken in (invoice_pdf[: len(invoice_pdf) // 3], b"%PDF-1.4\n garbage " * 20,
@@ -212,42 +209,42 @@ def test_bad_ocr_requests(srv: Server, http: httpx.Client, invoice_pdf: bytes) -
         r = ocr(_doc(mime, broken))
         assert 400 <= r.status_code < 500, r.text
         assert r.json()["error"]["param"] == "document"
-    err = _error(ocr({"type": "document_url",
-                      "document_url": _data_url("application/pdf", b"hello, not a pdf")}), 415)
+    err = check_error(ocr({"type": "document_url",
+                           "document_url": _data_url("application/pdf", b"hello, not a pdf")}),
+                      415)  # fmt: skip
     assert err["param"] == "document"
-    err = _error(ocr(_doc("application/pdf", make_pdf([]))), 400)
+    err = check_error(ocr(_doc("application/pdf", make_pdf([]))), 400)
     assert err["code"] == "document_empty"
-    err = _error(ocr(_doc("application/pdf", locked_pdf(["Secret"]))), 400)
+    err = check_error(ocr(_doc("application/pdf", locked_pdf(["Secret"]))), 400)
     assert err["code"] == "document_encrypted" and "password" in err["message"]
-    assert _error(ocr(_doc("image/png", _bomb())), 413)["code"] == "image_too_large"
+    check_error(ocr(_doc("image/png", _bomb())), 413, "image_too_large")
     # Files: unknown, malformed, and another tenant's.
     globex = httpx.post(srv.base_url + "/v1/files", headers=srv.headers("other"),
                         data={"purpose": "ocr"},
                         files={"file": ("g.pdf", invoice_pdf)}).json()["id"]  # fmt: skip
     for file_id in ("file-" + "0" * 24, "../../etc/passwd", globex):
-        err = _error(ocr({"type": "file", "file_id": file_id}), 404)
+        err = check_error(ocr({"type": "file", "file_id": file_id}), 404)
         assert err["code"] == "file_not_found" and err["param"] == "document.file_id"
     good = _doc("application/pdf", invoice_pdf)
-    assert _error(ocr(good, model="gpt-4o"), 404)["param"] == "model"
-    assert _error(ocr(good, pages=[-1]), 400)["param"] == "pages"
-    assert _error(ocr(good, pages=[7]), 400)["param"] == "pages"
-    assert _error(ocr(good, pages="0-x"), 400)["param"] == "pages"
-    assert _error(ocr(good, pages=True), 400)["param"] == "pages"
-    assert _error(ocr(good, include_image_base64="yes"), 400)["param"] == "include_image_base64"
-    assert _error(ocr(good, table_format="html"), 400)["param"] == "table_format"
-    assert _error(ocr(good, bbox_annotation_format={"type": "json_schema", "json_schema": {
-        "name": "b", "schema": {"type": "object"}}}), 400)["param"] == "bbox_annotation_format"
-    assert _error(ocr(good, document_annotation_format={"type": "json_schema", "json_schema": {
+    check_error(ocr(good, model="gpt-4o"), 404, param="model")
+    check_error(ocr(good, pages=[-1]), 400, param="pages")
+    check_error(ocr(good, pages=[7]), 400, param="pages")
+    check_error(ocr(good, pages="0-x"), 400, param="pages")
+    check_error(ocr(good, pages=True), 400, param="pages")
+    check_error(ocr(good, include_image_base64="yes"), 400, param="include_image_base64")
+    check_error(ocr(good, table_format="html"), 400, param="table_format")
+    check_error(ocr(good, bbox_annotation_format={"type": "json_schema", "json_schema": {
+        "name": "b", "schema": {"type": "object"}}}), 400, param="bbox_annotation_format")
+    assert check_error(ocr(good, document_annotation_format={"type": "json_schema", "json_schema": {
         "name": "b", "schema": {"type": "string"}}}), 400)["param"].startswith(
         "document_annotation_format")  # fmt: skip
-    assert _error(ocr(good, document_annotation_format={"type": "text"}), 400)["param"] == \
-        "document_annotation_format"  # fmt: skip
-    assert _error(ocr(good, surprise=1), 400)["param"] == "surprise"
-    assert _error(ocr({"type": "carrier_pigeon"}), 400)["param"].startswith("document")
-    assert _error(http.post("/v1/ocr", json={"model": "intramuros-ocr"}), 400)["param"] == \
-        "document"  # fmt: skip
-    assert _error(http.post("/v1/ocr", content=b"{not json",
-                            headers={"content-type": "application/json"}), 400)
+    check_error(ocr(good, document_annotation_format={"type": "text"}), 400,
+                param="document_annotation_format")  # fmt: skip
+    check_error(ocr(good, surprise=1), 400, param="surprise")
+    assert check_error(ocr({"type": "carrier_pigeon"}), 400)["param"].startswith("document")
+    check_error(http.post("/v1/ocr", json={"model": "intramuros-ocr"}), 400, param="document")
+    check_error(http.post("/v1/ocr", content=b"{not json",
+                          headers={"content-type": "application/json"}), 400)  # fmt: skip
     # Over the limit inline (the body limit, or the decoded size).
     big = _doc("application/pdf", b"%PDF-1.4\n" + b"0" * (LIMIT + 10))
     assert ocr(big).status_code == 413
@@ -295,12 +292,12 @@ def test_ocr_jobs(srv: Server, http: httpx.Client, invoice_pdf: bytes) -> None:
     other = httpx.Client(base_url=srv.base_url, headers=srv.headers("other"), timeout=60)
     with other:
         for path in (f"/v1/batch/ocr/{job['id']}", f"/v1/batch/ocr/{job['id']}/results"):
-            assert _error(other.get(path), 404)["code"] == "job_not_found"
-        assert _error(other.post(f"/v1/batch/ocr/{job['id']}/cancel"), 404)
+            check_error(other.get(path), 404, "job_not_found")
+        check_error(other.post(f"/v1/batch/ocr/{job['id']}/cancel"), 404)
         assert job["id"] not in [j["id"] for j in other.get("/v1/batch/ocr").json()["data"]]
-        err = _error(other.post("/v1/batch/ocr", json={"file_ids": [ids[0]]}), 404)
+        err = check_error(other.post("/v1/batch/ocr", json={"file_ids": [ids[0]]}), 404)
         assert err["param"] == "file_ids[0]"
-    assert _error(http.post("/v1/batch/ocr", json={"file_ids": []}), 400)["param"] == "file_ids"
-    assert _error(http.post("/v1/batch/ocr", json={"file_ids": [ids[0]], "model": "nope"}),
-                  404)["param"] == "model"  # fmt: skip
-    assert _error(http.get("/v1/batch/ocr/ocrjob-nope"), 404)["code"] == "job_not_found"
+    check_error(http.post("/v1/batch/ocr", json={"file_ids": []}), 400, param="file_ids")
+    check_error(http.post("/v1/batch/ocr", json={"file_ids": [ids[0]], "model": "nope"}), 404,
+                param="model")  # fmt: skip
+    check_error(http.get("/v1/batch/ocr/ocrjob-nope"), 404, "job_not_found")

@@ -159,9 +159,9 @@ def test_service_meters_reads_and_classifies_reader_bugs(
     from intramuros.files.errors import DocumentUnreadable
     from intramuros.gate.tenants import Principal
     from intramuros.serving.service import InferenceService
-    from intramuros.settings import Settings
+    from intramuros.settings import load_settings
 
-    settings = Settings(data_dir=tmp_path, preload_models=[], egress_guard=False)
+    settings = load_settings(data_dir=tmp_path, preload_models=[], egress_guard=False)
     core = InferenceService(settings)
     core.db.migrate()
     svc = DocaiService(core)
@@ -194,10 +194,10 @@ def test_jobs_on_both_databases(tmp_path: Path, db_url: str,
     from intramuros.docai.service import DocaiService
     from intramuros.gate.tenants import Principal
     from intramuros.serving.service import InferenceService
-    from intramuros.settings import Settings
+    from intramuros.settings import load_settings
 
     monkeypatch.setattr(pipeline, "open_document", fake_reader([], bad_prefix=b"bad"))
-    settings = Settings(data_dir=tmp_path, database_url=db_url, preload_models=[],
+    settings = load_settings(data_dir=tmp_path, database_url=db_url, preload_models=[],
                         egress_guard=False)  # fmt: skip
     core = InferenceService(settings)
     core.db.migrate()

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from click.testing import CliRunner, Result
 
 from tests.conftest import cli
+from tests.helpers import invoke, run_cli
 from tests.test_docai_docs import INVOICE_LINES, make_pdf, make_png
 
 ID_LINES = [
@@ -33,11 +33,6 @@ ID_LINES = [
 
 def _cmd(data_dir: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "intramuros.cli", "docai", *args, "--data-dir", str(data_dir)]
-
-
-def _run(data_dir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(_cmd(data_dir, *args), capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
 
 
 def _corpus(root: Path) -> list[str]:
@@ -71,6 +66,7 @@ def _outputs(out: Path) -> dict[str, tuple[int, int]]:
     return found
 
 
+@pytest.mark.slow
 def test_batch_resumes_after_a_kill(tmp_path: Path) -> None:
     src, out, data = tmp_path / "in", tmp_path / "out", tmp_path / "data"
     names = _corpus(src)
@@ -88,7 +84,8 @@ def test_batch_resumes_after_a_kill(tmp_path: Path) -> None:
     before = _outputs(out)
     assert 2 <= len(before) < len(names), "the kill did not land mid-batch"
 
-    r = _run(data, "batch", str(src), "--out", str(out), "--workers", "2")
+    r = run_cli("docai", "batch", str(src), "--out", str(out), "--workers", "2", data_dir=data,
+                timeout=300)  # fmt: skip
     assert r.returncode == 1, r.stdout + r.stderr  # the broken file
     assert f"skipping {len(before)} document(s) already done" in r.stderr.replace("\n", " ")
     assert "pages/s" in r.stdout and f"{len(names) - len(before)} document(s)" in r.stdout
@@ -109,22 +106,23 @@ def test_batch_resumes_after_a_kill(tmp_path: Path) -> None:
     assert not (out / "notes.txt.json").exists() and not (out / ".hidden.pdf.json").exists()
 
     # A third run redoes nothing that is done; only the broken file is tried again.
-    again = _run(data, "batch", str(src), "--out", str(out))
+    again = run_cli("docai", "batch", str(src), "--out", str(out), data_dir=data, timeout=300)
     assert f"skipping {len(names)} document(s)" in again.stderr.replace("\n", " ")
     assert _outputs(out) == after
     assert len((out / "errors.jsonl").read_text().splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_extract_identity_document(tmp_path: Path) -> None:
     doc = tmp_path / "id-card.pdf"
     doc.write_bytes(make_pdf([ID_LINES]))
     # The calls are metered to a tenant that must exist (records are kept under its id).
-    r = _run(tmp_path / "data", "extract", str(doc), "--schema", "identity_document",
-             "--n-ctx", "4096", "--tenant", "acme")  # fmt: skip
+    r = run_cli("docai", "extract", str(doc), "--schema", "identity_document", "--n-ctx", "4096",
+                "--tenant", "acme", data_dir=tmp_path / "data", timeout=300)  # fmt: skip
     assert r.returncode == 1 and "No tenant 'acme'" in r.stderr
     cli(tmp_path / "data", "tenants", "create", "acme")
-    r = _run(tmp_path / "data", "extract", str(doc), "--schema", "identity_document",
-             "--n-ctx", "4096", "--tenant", "acme")  # fmt: skip
+    r = run_cli("docai", "extract", str(doc), "--schema", "identity_document", "--n-ctx", "4096",
+                "--tenant", "acme", data_dir=tmp_path / "data", timeout=300)  # fmt: skip
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     from intramuros.docai.cli import load_schema
@@ -150,41 +148,35 @@ def test_extract_identity_document(tmp_path: Path) -> None:
     assert calls and calls[-1].data["route"] == "/v1/chat/completions"
 
 
-def _invoke(*args: str) -> Result:
-    """Run a command in this process (fast: no interpreter start-up)."""
-    from intramuros.cli import main
-
-    return CliRunner().invoke(main, ["docai", *args], catch_exceptions=False)
-
-
 def test_ocr_command_and_bad_input(tmp_path: Path) -> None:
     data = ["--data-dir", str(tmp_path / "data")]
     pdf = tmp_path / "invoice.pdf"
     pdf.write_bytes(make_pdf([INVOICE_LINES]))
-    r = _invoke("ocr", str(pdf), *data)
+    r = invoke("docai", "ocr", str(pdf), *data)
     assert r.exit_code == 0 and "INV-2026-0042" in r.stdout, r.output
-    r = _invoke("ocr", str(pdf), "--json", "--engine", "none", *data)
+    r = invoke("docai", "ocr", str(pdf), "--json", "--engine", "none", *data)
     body = json.loads(r.stdout)
     assert body["model"] == "text-layer" and body["pages"][0]["method"] == "text-layer"
-    assert _invoke("schemas").stdout.split() == ["identity_document", "invoice"]
+    assert invoke("docai", "schemas").stdout.split() == ["identity_document", "invoice"]
 
     broken = tmp_path / "broken.pdf"
     broken.write_bytes(b"%PDF-1.4 truncated")
-    r = _invoke("ocr", str(broken), *data)
+    r = invoke("docai", "ocr", str(broken), *data)
     assert r.exit_code == 1 and r.stderr.startswith("error: ") and "broken.pdf" in r.stderr
-    r = _invoke("ocr", str(pdf), "--pages", "x-1", *data)
+    r = invoke("docai", "ocr", str(pdf), "--pages", "x-1", *data)
     assert r.exit_code == 2 and "--pages" in r.stderr
-    assert _invoke("ocr", str(tmp_path / "missing.pdf"), *data).exit_code == 2
+    assert invoke("docai", "ocr", str(tmp_path / "missing.pdf"), *data).exit_code == 2
     for schema in ("no-such-schema", str(broken)):
-        r = _invoke("extract", str(pdf), "--schema", schema, *data)
+        r = invoke("docai", "extract", str(pdf), "--schema", schema, *data)
         assert r.exit_code == 2 and "--schema" in r.stderr, r.stderr
     not_object = tmp_path / "s.json"
     not_object.write_text('{"type": "string"}')
-    r = _invoke("extract", str(pdf), "--schema", str(not_object), *data)
+    r = invoke("docai", "extract", str(pdf), "--schema", str(not_object), *data)
     assert r.exit_code == 2 and "object" in r.stderr
-    r = _invoke("batch", str(tmp_path), "--out", str(tmp_path), *data)
+    r = invoke("docai", "batch", str(tmp_path), "--out", str(tmp_path), *data)
     assert r.exit_code == 2 and "--out" in r.stderr
-    r = _invoke("batch", str(tmp_path), "--out", str(tmp_path / "o"), "--workers", "0", *data)
+    r = invoke("docai", "batch", str(tmp_path), "--out", str(tmp_path / "o"), "--workers", "0",
+               *data)  # fmt: skip
     assert r.exit_code == 2 and "--workers" in r.stderr
 
 

@@ -109,10 +109,11 @@ def test_service_reads_pages_of_two_tenants_in_turn(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A long document and a short one: the short one is done after one page of the long."""
-    from intramuros.docai.service import DocaiService, OcrOptions
+    from intramuros.docai.options import OcrOptions
+    from intramuros.docai.service import DocaiService
     from intramuros.gate.tenants import Principal
     from intramuros.serving.service import InferenceService
-    from intramuros.settings import Settings
+    from intramuros.settings import load_settings
 
     log: list[str] = []
 
@@ -135,7 +136,7 @@ def test_service_reads_pages_of_two_tenants_in_turn(
 
     monkeypatch.setattr(pipeline, "open_document",
                         lambda data, **kw: Doc(data.decode(), 20 if data == b"A" else 2))
-    core = InferenceService(Settings(data_dir=tmp_path, preload_models=[], egress_guard=False))
+    core = InferenceService(load_settings(data_dir=tmp_path, preload_models=[], egress_guard=False))
     core.db.migrate()
     svc = DocaiService(core)
     opts = OcrOptions(model="intramuros-ocr", engine="auto")
@@ -167,10 +168,11 @@ def test_closing_the_service_stops_the_reads_in_flight(
 ) -> None:
     """At shutdown a long document stops at its next step; it does not hold the server."""
     from intramuros.docai.errors import ServerStopping
-    from intramuros.docai.service import DocaiService, OcrOptions
+    from intramuros.docai.options import OcrOptions
+    from intramuros.docai.service import DocaiService
     from intramuros.gate.tenants import Principal
     from intramuros.serving.service import InferenceService
-    from intramuros.settings import Settings
+    from intramuros.settings import load_settings
 
     read: list[int] = []
 
@@ -187,7 +189,7 @@ def test_closing_the_service_stops_the_reads_in_flight(
             pass
 
     monkeypatch.setattr(pipeline, "open_document", lambda data, **kw: Endless())
-    core = InferenceService(Settings(data_dir=tmp_path, preload_models=[], egress_guard=False))
+    core = InferenceService(load_settings(data_dir=tmp_path, preload_models=[], egress_guard=False))
     core.db.migrate()
     svc = DocaiService(core)
 

@@ -27,7 +27,8 @@ import pytest
 
 from intramuros.docai import errors as E
 from intramuros.docai import layout, ocr_rapid, pdf
-from intramuros.docai.ocr_tesseract import normalise_text, parse_tsv
+from intramuros.docai.ocr import normalise_text
+from intramuros.docai.ocr_tesseract import parse_tsv
 from intramuros.docai.pipeline import DocumentResult, read_document
 
 ROOT = Path(__file__).resolve().parent.parent

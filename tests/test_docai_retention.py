@@ -19,7 +19,7 @@ from intramuros.files.store import FileStore
 from intramuros.gate.policy import TenantPolicy
 from intramuros.gate.tenants import Tenants
 from intramuros.ledger import Ledger, LedgerKeys
-from intramuros.settings import Settings
+from intramuros.settings import load_settings
 from intramuros.store.db import Database
 
 DAY = 86400.0
@@ -27,7 +27,7 @@ DAY = 86400.0
 
 @pytest.fixture()
 def parts(tmp_path: Path, db_url: str) -> Iterator[tuple[Tenants, FileStore, Ledger]]:
-    settings = Settings(data_dir=tmp_path / "data", database_url=db_url)
+    settings = load_settings(data_dir=tmp_path / "data", database_url=db_url)
     db = Database(db_url)
     db.migrate()
     tenants = Tenants(db)
@@ -68,11 +68,11 @@ def test_expiry_and_retention(parts: tuple[Tenants, FileStore, Ledger]) -> None:
     globex_job = _job(store, "globex", globex_old.id, "completed", now)
 
     # Today: nothing is due.
-    assert purge_documents(tenants, store, ledger, actor="test", now=now + 60) == {}
+    assert purge_documents(policies(tenants), store, ledger, actor="test", now=now + 60) == {}
 
     # 31 days on: acme (30-day retention) loses its file and finished job; globex has
     # no retention and keeps its file, but its expired one goes.
-    done = purge_documents(tenants, store, ledger, actor="test", now=now + 31 * DAY)
+    done = purge_documents(policies(tenants), store, ledger, actor="test", now=now + 31 * DAY)
     assert done["acme"].files == [acme_old.id] and done["acme"].jobs == [done_job]
     assert done["globex"].files == [globex_exp.id] and done["globex"].jobs == []
     assert _jobs(store) == {live_job, globex_job}  # a running job waits for its runner
@@ -91,7 +91,7 @@ def test_expiry_and_retention(parts: tuple[Tenants, FileStore, Ledger]) -> None:
     assert all(r.data["actor"] == "test" for r in records)
 
     # Once done, a second purge finds nothing and writes nothing.
-    assert purge_documents(tenants, store, ledger, actor="test", now=now + 31 * DAY) == {}
+    assert purge_documents(policies(tenants), store, ledger, actor="test", now=now + 31 * DAY) == {}
     assert len([r for r in ledger.records(kind="file")]) == len(records)
 
 
@@ -101,7 +101,12 @@ def test_one_tenant_only(parts: tuple[Tenants, FileStore, Ledger]) -> None:
                   expires_after=10)  # fmt: skip
     g = store.put("globex", b"g", filename="g", purpose="ocr", mime_type="text/plain",
                   expires_after=10)  # fmt: skip
-    done = purge_documents(tenants, store, ledger, actor="t", tenant="globex",
+    done = purge_documents(policies(tenants), store, ledger, actor="t", tenant="globex",
                            now=time.time() + 60)  # fmt: skip
     assert list(done) == ["globex"] and done["globex"].files == [g.id]
     assert store.purge(now=time.time() + 60) == {"acme": [a.id]}
+
+
+def policies(tenants: Tenants) -> dict[str, TenantPolicy]:
+    """Every live tenant's policy, by id, as the platform hands them to a purge."""
+    return {t.id: t.policy for t in tenants.all()}

@@ -11,6 +11,9 @@ import pytest
 from intramuros.serving.convert import MISTRAL_SAFE_PROMPT
 from tests.conftest import CHAT_MODEL, EMBED_MODEL, Server
 
+# Real models or a server process: the slow tier.
+pytestmark = pytest.mark.slow
+
 TOOL = {
     "type": "function",
     "function": {
@@ -106,3 +109,23 @@ def test_mistral_embeddings(mistral) -> None:  # type: ignore[no-untyped-def]
     assert len(r.data) == 2 and len(r.data[0].embedding) == 384
     norm = math.sqrt(sum(x * x for x in r.data[0].embedding))
     assert math.isclose(norm, 1.0, rel_tol=1e-4)
+
+
+def test_mistral_lists_and_retrieves_models(mistral, server: Server) -> None:  # type: ignore[no-untyped-def]
+    listing = mistral.models.list()
+    cards = {m.id: m for m in listing.data or []}
+    # Parsed as Mistral's base model cards, not as the SDK's "unknown" fallback.
+    assert type(cards[CHAT_MODEL]).__name__ == "BaseModelCard"
+    chat = cards[CHAT_MODEL]
+    assert chat.type == "base"
+    assert chat.capabilities.completion_chat is True
+    assert chat.max_context_length and chat.max_context_length >= 2048
+    embed = cards[EMBED_MODEL]
+    assert embed.capabilities.completion_chat is False
+    one = mistral.models.retrieve(model_id=CHAT_MODEL)
+    assert one.id == CHAT_MODEL and type(one).__name__ == "BaseModelCard"
+    # The same listing through OpenAI's client, in the same run.
+    import openai
+
+    oai = openai.OpenAI(api_key=server.keys["user"], base_url=f"{server.base_url}/v1")
+    assert {m.id for m in oai.models.list().data} == set(cards)

@@ -11,6 +11,9 @@ import pytest
 
 from tests.conftest import CHAT_MODEL, EMBED_MODEL
 
+# Real models or a server process: the slow tier.
+pytestmark = pytest.mark.slow
+
 WEATHER_TOOL = {
     "type": "function",
     "function": {

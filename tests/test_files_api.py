@@ -17,9 +17,13 @@ import httpx
 import openai
 import pytest
 
-from intramuros.docai.tables import files as files_table
+from intramuros.files.tables import files as files_table
 from intramuros.store.db import Database
 from tests.conftest import Server, cli, start_server, stop_server
+from tests.helpers import check_error
+
+# Real models or a server process: the slow tier.
+pytestmark = pytest.mark.slow
 
 LIMIT = 200_000
 
@@ -135,36 +139,29 @@ def test_mistral_client(srv: Server) -> None:
         assert client.files.delete(file_id=up.id).deleted is True
 
 
-def _error(r: httpx.Response, status: int) -> dict[str, str]:
-    assert r.status_code == status, r.text
-    err: dict[str, str] = r.json()["error"]
-    assert err["message"]
-    return err
-
-
 def test_bad_uploads(srv: Server, http: httpx.Client) -> None:
     files = {"file": ("a.txt", b"abc")}
-    assert _error(http.post("/v1/files", data={"purpose": "nope"}, files=files),
-                  400)["param"] == "purpose"  # fmt: skip
-    assert _error(http.post("/v1/files", files=files), 400)["param"] == "purpose"
-    assert _error(http.post("/v1/files", data={"purpose": "ocr"}, files={"x": ("a", b"a")}),
-                  400)["param"] == "x"  # fmt: skip
+    check_error(http.post("/v1/files", data={"purpose": "nope"}, files=files), 400,
+                param="purpose")  # fmt: skip
+    check_error(http.post("/v1/files", files=files), 400, param="purpose")
+    check_error(http.post("/v1/files", data={"purpose": "ocr"}, files={"x": ("a", b"a")}), 400,
+                param="x")  # fmt: skip
     text_field = {"purpose": (None, "ocr"), "file": (None, "just text")}
-    assert _error(http.post("/v1/files", files=text_field), 400)["param"] == "file"
-    assert _error(http.post("/v1/files", data={"purpose": "ocr"}), 400)["code"] == "invalid_upload"
-    assert _error(http.post("/v1/files", json={"purpose": "ocr"}), 400)["code"] == "invalid_upload"
+    check_error(http.post("/v1/files", files=text_field), 400, param="file")
+    check_error(http.post("/v1/files", data={"purpose": "ocr"}), 400, "invalid_upload")
+    check_error(http.post("/v1/files", json={"purpose": "ocr"}), 400, "invalid_upload")
     broken = http.post("/v1/files", content=b"--zz\r\nContent-Disposition: form-data; name=",
                        headers={"content-type": "multipart/form-data; boundary=zz"})  # fmt: skip
-    assert _error(broken, 400)["code"] == "invalid_upload"
+    check_error(broken, 400, "invalid_upload")
     no_boundary = http.post("/v1/files", content=b"garbage",
                             headers={"content-type": "multipart/form-data"})  # fmt: skip
-    assert _error(no_boundary, 400)["code"] == "invalid_upload"
+    check_error(no_boundary, 400, "invalid_upload")
     # Over the limit: the file itself, and a body past the declared limit.
     big = http.post("/v1/files", data={"purpose": "ocr"}, files={"file": ("b", b"x" * (LIMIT + 1))})
-    assert _error(big, 413)["code"] == "file_too_large"
+    check_error(big, 413, "file_too_large")
     huge = http.post("/v1/files", data={"purpose": "ocr"},
                      files={"file": ("b", b"x" * (LIMIT + 2 * 1024 * 1024))})  # fmt: skip
-    assert _error(huge, 413)["code"] == "payload_too_large"
+    check_error(huge, 413, "payload_too_large")
     # Unauthenticated: 401, nothing stored.
     anon = httpx.post(srv.base_url + "/v1/files", data={"purpose": "ocr"}, files=files)
     assert anon.status_code == 401
@@ -197,8 +194,8 @@ def test_hostile_names_and_ids(srv: Server, http: httpx.Client) -> None:
         assert http.get(f"/v1/files/{bad}").status_code == 404
         assert http.get(f"/v1/files/{bad}/content").status_code == 404
         assert http.delete(f"/v1/files/{bad}").status_code == 404
-    assert "limit" in _error(http.get("/v1/files", params={"limit": 0}), 400)["param"]
-    assert "order" in _error(http.get("/v1/files", params={"order": "x"}), 400)["param"]
+    assert "limit" in check_error(http.get("/v1/files", params={"limit": 0}), 400)["param"]
+    assert "order" in check_error(http.get("/v1/files", params={"order": "x"}), 400)["param"]
     assert http.get("/v1/files", params={"after": "file-" + "0" * 24}).status_code == 404
 
 
@@ -236,7 +233,7 @@ def test_expiry_and_bad_expiry(srv: Server, http: httpx.Client) -> None:
     ):  # fmt: skip
         r = http.post("/v1/files", data={"purpose": "ocr", **fields},
                       files={"file": ("x.txt", b"x")})  # fmt: skip
-        assert _error(r, 400)["param"] == param, fields
+        assert check_error(r, 400)["param"] == param, fields
     # Its time passes: gone for the client at once, and the server's schedule deletes it.
     _set(srv, up.id, expires_at=time.time() - 1)
     with pytest.raises(openai.NotFoundError):

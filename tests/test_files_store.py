@@ -14,7 +14,7 @@ from intramuros.files.errors import FileNotFound, FileStoreError, FileTooLarge
 from intramuros.files.names import clean_mime, safe_filename, sniff_mime
 from intramuros.files.store import FileStore, KeyRing
 from intramuros.ledger import generate_key_file
-from intramuros.settings import Settings
+from intramuros.settings import load_settings
 from intramuros.store.db import Database
 
 _OPEN: list[Database] = []
@@ -28,7 +28,7 @@ def _close_databases() -> Iterator[None]:
 
 
 def _store(tmp_path: Path, db_url: str, **extra: object) -> FileStore:
-    settings = Settings(data_dir=tmp_path / "data", database_url=db_url,
+    settings = load_settings(data_dir=tmp_path / "data", database_url=db_url,
                         files_max_bytes=10_000, **extra)  # type: ignore[arg-type]  # fmt: skip
     db = Database(db_url)
     _OPEN.append(db)
@@ -110,7 +110,7 @@ def test_world_readable_key_file_is_refused(tmp_path: Path) -> None:
     keyfile = tmp_path / "k.key"
     generate_key_file(keyfile)
     keyfile.chmod(0o644)
-    settings = Settings(data_dir=tmp_path, files_key_file=keyfile)
+    settings = load_settings(data_dir=tmp_path, files_key_file=keyfile)
     with pytest.raises(ConfigError):
         KeyRing.from_settings(settings)
 

@@ -11,6 +11,9 @@ import pytest
 
 from tests.conftest import CHAT_MODEL, EMBED_MODEL, Server, start_server, stop_server
 
+# Real models or a server process: the slow tier.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:

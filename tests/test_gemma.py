@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import openai
+import pytest
 
 from intramuros.catalog.catalog import sha256_file
 from tests.conftest import Server
+
+# Real models or a server process: the slow tier.
+pytestmark = pytest.mark.slow
 
 GEMMA = "gemma-3-270m"
 

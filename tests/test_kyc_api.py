@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from click.testing import CliRunner
 
-from intramuros.cli import main
 from tests.conftest import Server, cli, start_server, stop_server
+from tests.helpers import invoke, run_cli
+
+# Real models or a server process: the slow tier.
+pytestmark = pytest.mark.slow
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sanctions"
 
@@ -39,11 +39,6 @@ def api(kyc_server: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=kyc_server.base_url, timeout=60,
                       headers=kyc_server.headers("user")) as client:  # fmt: skip
         yield client
-
-
-def _run(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "intramuros.cli", *args, "--data-dir",
-                           str(data_dir)], capture_output=True, text=True, timeout=120)  # fmt: skip
 
 
 def _top(api: httpx.Client, **subject: object) -> dict[str, object]:
@@ -241,7 +236,8 @@ def test_cli_screen_rescreen_and_errors(kyc_server: Server, tmp_path: Path) -> N
         encoding="utf-8",
     )
     out = tmp_path / "results.csv"
-    r = _run(data_dir, "kyc", "screen", str(customers), "--out", str(out), "--tenant", "acme")
+    r = run_cli("kyc", "screen", str(customers), "--out", str(out), "--tenant", "acme",
+                data_dir=data_dir)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "customers.csv:4: name" in r.stderr and "customers.csv:5: birth_date" in r.stderr
     assert "screened 3 customers" in r.stdout and "/s" in r.stdout
@@ -250,14 +246,14 @@ def test_cli_screen_rescreen_and_errors(kyc_server: Server, tmp_path: Path) -> N
     assert [row["customer_id"] for row in rows] == ["c1", "c2", "c5"]
     assert rows[0]["alert"] == "True" and rows[0]["best_source_id"] == "16814"
     assert rows[1]["alert"] == "False" and rows[2]["alert"] == "True"
-    r = _run(data_dir, "kyc", "rescreen", "--tenant", "acme")
+    r = run_cli("kyc", "rescreen", "--tenant", "acme", data_dir=data_dir)
     assert r.returncode == 0 and "0 case(s) opened" in r.stdout, r.stdout + r.stderr
-    status = CliRunner().invoke(main, ["kyc", "lists", "status", "--data-dir", str(data_dir)])
+    status = invoke("kyc", "lists", "status", "--data-dir", str(data_dir), catch_exceptions=True)
     assert "ofac\tversion" in status.stdout and "8976 entities" in status.stdout
     broken = tmp_path / "broken.csv"
     broken.write_text("id,name\nb1,Broken List Entry\nb2,\nb3,Another Entry,extra\n")
-    result = CliRunner().invoke(main, ["kyc", "lists", "import", str(broken), "--format", "csv",
-                                       "--list", "broken", "--data-dir", str(data_dir)])
+    result = invoke("kyc", "lists", "import", str(broken), "--format", "csv", "--list", "broken",
+                    "--data-dir", str(data_dir), catch_exceptions=True)  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert "skipped: broken.csv:3: empty name" in result.stderr
     assert "skipped: broken.csv:4: more fields than the header" in result.stderr
@@ -278,7 +274,7 @@ def test_cli_screen_rescreen_and_errors(kyc_server: Server, tmp_path: Path) -> N
         (("kyc", "screen", str(binary), "--out", str(out), "--tenant", "acme"), "UTF-8"),
     ):  # fmt: skip
         # in-process (a subprocess per case costs seconds of start-up)
-        result = CliRunner().invoke(main, [*args, "--data-dir", str(data_dir)])
+        result = invoke(*args, "--data-dir", str(data_dir), catch_exceptions=True)
         assert result.exit_code != 0 and message in result.stderr, (args, result.stderr)
         assert not isinstance(result.exception, Exception) or isinstance(
             result.exception, SystemExit), result.exception

@@ -13,8 +13,11 @@ from intramuros.kyc.importers import ImportResult, parse_list
 from intramuros.kyc.model import Entity, Name
 from intramuros.kyc.workflow import KycWorkflow
 from intramuros.ledger import Ledger
-from intramuros.settings import Settings
+from intramuros.settings import load_settings
 from intramuros.store.db import Database
+
+# Real models or a server process: the slow tier.
+pytestmark = pytest.mark.slow
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sanctions"
 
@@ -23,7 +26,7 @@ DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sanc
 def flow(db_url: str, tmp_path: Path) -> Iterator[KycWorkflow]:
     db = Database(db_url)
     db.migrate()
-    settings = Settings(data_dir=tmp_path, database_url=db_url, kyc_refresh_seconds=0)
+    settings = load_settings(data_dir=tmp_path, database_url=db_url, kyc_refresh_seconds=0)
     yield KycWorkflow(db, Ledger(db, None), settings)
     db.close()
 

@@ -27,6 +27,9 @@ from intramuros.meter.price import GRID_PRESETS, PriceModel, grid_intensity
 from intramuros.settings import load_settings
 from tests.conftest import CHAT_MODEL, EMBED_MODEL, Server, start_server, stop_server
 
+# Real models or a server process: the slow tier.
+pytestmark = pytest.mark.slow
+
 # -- counters ------------------------------------------------------------------
 
 
@@ -219,7 +222,7 @@ def test_bad_price_settings_are_refused(overrides: dict[str, object]) -> None:
 
 def test_settings_build_the_price_model() -> None:
     settings = load_settings(grid_intensity="fr", electricity_eur_per_kwh=0.1)
-    prices = settings.price_model()
+    prices = PriceModel.from_settings(settings)
     assert prices.grid_gco2e_per_kwh == 60.0
     assert prices.electricity_eur_per_kwh == 0.1
 

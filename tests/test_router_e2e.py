@@ -27,6 +27,9 @@ import pytest
 
 from tests.conftest import CHAT_MODEL, EMBED_MODEL, Server, cli, start_server, stop_server
 
+# Real models or a server process: the slow tier.
+pytestmark = pytest.mark.slow
+
 GEMMA = "gemma-3-270m"
 ROUTES = f"""
 [routes.json-small-first]

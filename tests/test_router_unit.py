@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from intramuros.api import protocol as p
 from intramuros.catalog.records import Capability, ModelRecord, Origin
 from intramuros.errors import (
     ConfigError,
@@ -21,6 +20,7 @@ from intramuros.errors import (
     RateLimited,
 )
 from intramuros.gate.tenants import Principal
+from intramuros.protocol import openai as p
 from intramuros.router import choose, validate
 from intramuros.router.config import (
     RouteProfile,
@@ -30,7 +30,7 @@ from intramuros.router.config import (
 )
 from intramuros.router.errors import NoEligibleModel, RouteForbidden
 from intramuros.router.service import RouterService
-from intramuros.settings import Settings, load_settings
+from intramuros.settings import load_settings
 
 # --------------------------------------------------------------------------
 # configuration
@@ -334,40 +334,26 @@ class _Loaded:
         self.engine = _Engine(record.context_length)
 
 
-class _Catalog:
-    def records(self) -> list[ModelRecord]:
-        return CATALOGUE
-
-
-class _Pool:
-    async def get(self, name: str) -> _Loaded:
-        return _Loaded(next(r for r in CATALOGUE if r.name == name))
-
-
-class _Ledger:
-    def __init__(self) -> None:
-        self.entries: list[tuple[str, dict[str, Any]]] = []
-
-    def append(self, kind: str, **kw: Any) -> None:
-        self.entries.append((kind, kw))
-
-
-class _Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-
-
 class FakeCore:
-    """Answers chat calls from a script: model name -> answer text or exception."""
+    """The platform as the router sees it; answers chat calls from a script: model name ->
+    answer text or exception."""
 
     def __init__(self, script: dict[str, Any], routes: dict[str, Any]) -> None:
-        self.settings = Settings(routes=routes)
-        self.metrics = _Metrics()
-        self.catalog = _Catalog()
-        self.pool = _Pool()
-        self.ledger = _Ledger()
+        self.settings = load_settings(routes=routes)
+        self.metrics_registry = CollectorRegistry()
+        self.entries: list[tuple[str, dict[str, Any]]] = []
         self.script = script
         self.calls: list[p.ChatCompletionRequest] = []
+
+    async def model_records(self) -> list[ModelRecord]:
+        return CATALOGUE
+
+    async def lane(self, name: str) -> _Loaded:
+        return _Loaded(next(r for r in CATALOGUE if r.name == name))
+
+    async def audit_event(self, kind: str, **kw: Any) -> bool:
+        self.entries.append((kind, kw))
+        return True
 
     async def chat(self, req: p.ChatCompletionRequest, who: Principal) -> Any:
         self.calls.append(req)
@@ -392,7 +378,7 @@ def test_small_answer_that_passes_stays_small() -> None:
     routing = routed.result.usage.routing
     assert routed.model == "small" and not routing["escalated"]
     assert [c.model for c in core.calls] == ["small"]
-    kind, entry = core.ledger.entries[0]
+    kind, entry = core.entries[0]
     assert kind == "routing" and entry["data"]["model"] == "small" and entry["tenant"] == "acme"
 
 

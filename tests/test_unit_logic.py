@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -166,10 +167,62 @@ def test_every_setting_is_described() -> None:
 
 
 def test_engine_registry() -> None:
-    assert {"llamacpp", "minilm", "openai-upstream"} <= set(available_engines())
-    assert engine_class("llamacpp").name == "llamacpp"
+    assert {"llamacpp", "minilm", "openai-upstream", "whisper", "fake"} <= set(available_engines())
+    # Every declared entry point loads, and names itself as declared.
+    for name in available_engines():
+        assert engine_class(name).name == name
     with pytest.raises(ConfigError):
         engine_class("nope")
+
+
+def _broken_group(monkeypatch: pytest.MonkeyPatch, group: str, name: str, value: str) -> None:
+    """The group's entry points as installed, plus (or instead of) a broken one."""
+    import importlib.metadata as md
+
+    real = md.entry_points
+
+    def entry_points(**kw: Any) -> Any:
+        found = [ep for ep in real(**kw) if ep.name != name]
+        if kw.get("group") == group:
+            found.append(md.EntryPoint(name, value, group))
+        return md.EntryPoints(found)
+
+    monkeypatch.setattr(md, "entry_points", entry_points)
+
+
+def test_a_broken_engine_entry_point_is_an_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from intramuros.engines.registry import describe_engines, model_hosts
+
+    _broken_group(monkeypatch, "intramuros.engines", "llamacpp",
+                  "intramuros.engines.no_such_module:LlamaCppEngine")  # fmt: skip
+    with pytest.raises(ConfigError) as caught:
+        engine_class("llamacpp")
+    assert "llamacpp" in caught.value.message
+    assert "intramuros.engines.no_such_module:LlamaCppEngine" in caught.value.message
+    # Nothing else lists our engines: no fallback to a copy.
+    info = {e.name: e for e in describe_engines()}
+    assert info["llamacpp"].error and info["minilm"].error is None
+    # A model of a broken engine may reach nothing.
+    assert model_hosts("llamacpp", {"base_url": "http://10.1.2.3/v1"}) == frozenset()
+    # An entry point naming a class that is not an engine, or with another name.
+    _broken_group(monkeypatch, "intramuros.engines", "minilm", "intramuros.errors:ConfigError")
+    with pytest.raises(ConfigError, match="not an Engine subclass"):
+        engine_class("minilm")
+    _broken_group(monkeypatch, "intramuros.engines", "other",
+                  "intramuros.engines.fake:FakeEngine")  # fmt: skip
+    with pytest.raises(ConfigError, match="names itself 'fake'"):
+        engine_class("other")
+
+
+def test_a_broken_workload_entry_point_stops_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    from intramuros.platform.plugin import installed_workloads
+
+    assert [w.name for w in installed_workloads()] == ["docai", "kyc", "voice"]
+    _broken_group(monkeypatch, "intramuros.workloads", "kyc", "intramuros.kyc.nothing:plugin")
+    with pytest.raises(ConfigError, match=r"Workload 'kyc' \(intramuros.kyc.nothing:plugin\)"):
+        installed_workloads()
 
 
 # -- the lane (scheduler) ------------------------------------------------------------

@@ -39,6 +39,10 @@ from intramuros.engines.upstream import OpenAIUpstreamEngine
 from intramuros.errors import EngineError, EngineUnavailable, InvalidRequest, QueueFull
 from intramuros.settings import Settings
 from tests.conftest import Server, free_port, start_server, stop_server
+from tests.helpers import cli
+
+# Real models or a server process: the slow tier.
+pytestmark = pytest.mark.slow
 
 WEATHER = ToolSpec(
     "get_weather",
@@ -515,12 +519,6 @@ def test_api_key_from_environment(
 # --------------------------------------------------------------------------
 
 
-def _cli(data_dir: Path, *args: str) -> None:
-    r = subprocess.run([sys.executable, "-m", "intramuros.cli", *args, "--data-dir",
-                        str(data_dir)], capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert r.returncode == 0, r.stderr
-
-
 def test_gateway_serves_upstream_models(
     upstream_url: str, server: Server, tmp_path: Path
 ) -> None:
@@ -528,11 +526,11 @@ def test_gateway_serves_upstream_models(
     import openai
 
     data = tmp_path / "gw"
-    _cli(data, "models", "add-upstream", "up-llamacpp", "--base-url", upstream_url,
-         "--upstream-model", "smol", "--license", "Apache-2.0")  # fmt: skip
-    _cli(data, "models", "add-upstream", "up-intramuros", "--base-url", server.base_url + "/v1",
-         "--upstream-model", "smollm2-135m-instruct", "--capabilities", "chat,completion,tools",
-         "--api-key-env", "UPSTREAM_KEY")
+    cli(data, "models", "add-upstream", "up-llamacpp", "--base-url", upstream_url,
+        "--upstream-model", "smol", "--license", "Apache-2.0", timeout=60)  # fmt: skip
+    cli(data, "models", "add-upstream", "up-intramuros", "--base-url", server.base_url + "/v1",
+        "--upstream-model", "smollm2-135m-instruct", "--capabilities", "chat,completion,tools",
+        "--api-key-env", "UPSTREAM_KEY", timeout=60)  # fmt: skip
     gw = start_server(data, "--preload-models", "up-llamacpp,up-intramuros",
                       env={"UPSTREAM_KEY": server.keys["user"]})
     try:
@@ -565,7 +563,8 @@ def test_gateway_serves_upstream_models(
         stop_server(gw)
     # the upstream's unreachability is a 503, not a hang or a 500
     dead = tmp_path / "dead"
-    _cli(dead, "models", "add-upstream", "gone", "--base-url", f"http://127.0.0.1:{free_port()}/v1")
+    cli(dead, "models", "add-upstream", "gone", "--base-url", f"http://127.0.0.1:{free_port()}/v1",
+        timeout=60)  # fmt: skip
     srv = start_server(dead)
     try:
         r2 = httpx.post(srv.base_url + "/v1/chat/completions", timeout=60, json={

@@ -28,6 +28,9 @@ from intramuros.catalog.bundled import find_bundled
 from intramuros.voice.wer import cer, wer
 from tests.conftest import Server, start_server, stop_server
 
+# Real models or a server process: the slow tier.
+pytestmark = pytest.mark.slow
+
 CORPUS = Path(__file__).resolve().parent.parent / "benchmarks" / "voice_corpus"
 ROWS = [json.loads(line) for line in (CORPUS / "corpus.jsonl").read_text().splitlines()]
 UPLOAD_LIMIT = 2_000_000

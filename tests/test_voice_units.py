@@ -19,7 +19,7 @@ from intramuros.catalog.bundled import find_bundled
 from intramuros.catalog.catalog import Catalog, sha256_file
 from intramuros.engines.base import TranscriptSegment, TranscriptWord
 from intramuros.errors import InvalidRequest, ModelIntegrityError
-from intramuros.settings import Settings
+from intramuros.settings import load_settings
 from intramuros.store.db import Database
 from intramuros.voice.audio import probe
 from intramuros.voice.errors import AudioTooLong
@@ -127,7 +127,7 @@ def _tiny_dir(dest: Path) -> Path:
 
 
 def _catalog(tmp_path: Path) -> Catalog:
-    settings = Settings(data_dir=tmp_path / "data")
+    settings = load_settings(data_dir=tmp_path / "data")
     db = Database(settings.resolved_database_url())
     db.migrate()
     return Catalog(db, settings)
@@ -247,6 +247,7 @@ def test_cli_models_add_and_transcribe_a_batch_with_a_bad_file(tmp_path: Path) -
     assert bad.returncode == 1 and "nope" in bad.stderr and len(bad.stderr.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_batched_decoding_falls_back_when_it_repeats_itself(tmp_path: Path) -> None:
     """Batched chunks have no temperature fallback: on this clip whisper-base loops
     ("ασύ ασύ ασύ ...", gzip ratio > 2.4) unless the engine decodes it again in order."""
@@ -255,7 +256,7 @@ def test_batched_decoding_falls_back_when_it_repeats_itself(tmp_path: Path) -> N
     from intramuros.engines.base import TranscriptionParams
     from intramuros.engines.whisper import REPETITION_RATIO, WhisperEngine
 
-    settings = Settings(data_dir=tmp_path / "data", voice_batch_size=8)
+    settings = load_settings(data_dir=tmp_path / "data", voice_batch_size=8)
     db = Database(settings.resolved_database_url())
     db.migrate()
     catalog = Catalog(db, settings)

@@ -22,6 +22,9 @@ import pytest
 from intramuros.ledger import verify_export
 from tests.conftest import Server, cli, free_port, start_server, stop_server
 
+# Real models or a server process: the slow tier.
+pytestmark = pytest.mark.slow
+
 EMAIL = "alice.martin@example.com"
 PHONE = "+33 6 12 34 56 78"
 IBAN = "FR76 3000 6000 0112 3456 7890 189"

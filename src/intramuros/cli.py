@@ -1,27 +1,32 @@
-"""The ``intramuros`` command."""
+"""The ``intramuros`` command: the core's commands, and each installed workload's.
+
+Workloads add their commands through their plug-in (``intramuros.workloads``);
+every command reaches the state through the context this group gives it
+(:class:`intramuros.platform.cli.CliContext`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import time
-import types
 import typing
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any
 
 import click
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
 from intramuros.catalog.catalog import ALL_CAPABILITIES, Catalog
 from intramuros.catalog.records import Capability
-from intramuros.errors import IntramurosError
+from intramuros.errors import IntramurosError, NotFound
 from intramuros.gate.policy import Limits, TenantPolicy
 from intramuros.gate.retention import run_retention
+from intramuros.gate.tables import IMPLICIT_TENANTS
 from intramuros.gate.tenants import Role, Tenants, parse_duration
 from intramuros.ledger import (
     Checkpoint,
@@ -35,80 +40,91 @@ from intramuros.ledger import (
     verify_export,
 )
 from intramuros.offline import enforce_offline
-from intramuros.settings import Settings, load_settings
-
-if typing.TYPE_CHECKING:
-    from intramuros.docai.retention import Purged
-
-# Piped output (| grep, CI logs) must not wrap: names and hashes stay whole.
-console = Console(width=None if sys.stdout.isatty() else 1000)
-
-# Settings every command accepts (where the state lives, and the ledger key that
-# records written there need); `serve` takes all.
-_STATE_FIELDS = ("data_dir", "database_url", "config", "ledger_key_file")
-
-
-def _click_type(annotation: Any) -> tuple[Any, bool]:
-    """(click type, is_flag) for a settings field's annotation."""
-    origin = get_origin(annotation)
-    args = [a for a in get_args(annotation) if a is not type(None)]
-    if origin in (types.UnionType, typing.Union) and len(args) == 1:
-        return _click_type(args[0])
-    if origin is typing.Literal:
-        return click.Choice([str(a) for a in get_args(annotation)]), False
-    if origin is list:
-        return str, False
-    if annotation is bool:
-        return bool, True
-    if annotation in (int, float, str):
-        return annotation, False
-    if annotation is Path:
-        return click.Path(path_type=Path), False
-    return str, False
+from intramuros.platform.cli import (
+    STATE_FIELDS,
+    actor,
+    console,
+    context,
+    error,
+    fail,
+    load_options,
+    settings_options,
+)
+from intramuros.platform.interface import Platform
+from intramuros.platform.plugin import Retention, installed_workloads
+from intramuros.settings import Settings
+from intramuros.store.db import Database
 
 
-def settings_options(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Click options generated from ``Settings`` fields; their help is the field's description."""
-    fields = Settings.model_fields
-    chosen = tuple(dict.fromkeys(names)) or tuple(fields)
+class _Store:
+    """The state of an installation, for commands that load no model."""
 
-    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        for name in reversed(chosen):
-            info = fields[name]
-            kind, is_flag = _click_type(info.annotation)
-            flag = "--" + name.replace("_", "-")
-            env = "INTRAMUROS_" + name.upper()
-            decls = [f"{flag}/--no-{name.replace('_', '-')}"] if is_flag else [flag]
-            func = click.option(
-                *decls, name, type=None if is_flag else kind, default=None,
-                help=f"{info.description} [env: {env}]", show_default=False,
-            )(func)  # fmt: skip
-        return func
+    def __init__(self, settings: Settings) -> None:
+        self.db = Database(settings.resolved_database_url())
+        self.db.migrate()
+        self.ledger = Ledger(self.db, LedgerKeys.load(settings.ledger_key_file))
+        self.tenants = Tenants(self.db)
 
-    return decorate
+    @property
+    def tables(self) -> Database:
+        return self.db
 
+    @property
+    def auditor(self) -> Ledger:
+        return self.ledger
 
-def _settings(options: dict[str, Any]) -> Settings:
-    return load_settings(**options)
-
-
-def _error(message: str) -> None:
-    """One line on stderr, never wrapped, then exit 1."""
-    click.echo("error: " + " ".join(message.split()), err=True)
-    sys.exit(1)
+    def tenant_id(self, name: str) -> str:
+        try:
+            return self.tenants.resolve(name)
+        except NotFound:
+            if name in IMPLICIT_TENANTS:
+                return name
+            raise
 
 
-def _fail(exc: IntramurosError) -> None:
-    _error(exc.message)
+class _Commands:
+    """What ``intramuros`` gives its commands (a ``CliContext``): the state, opened once
+    per command, and an in-process platform."""
+
+    def __init__(self) -> None:
+        self._stores: dict[tuple[str, str], _Store] = {}
+
+    def store(self, settings: Settings) -> _Store:
+        where = (settings.resolved_database_url(), str(settings.ledger_key_file))
+        if where not in self._stores:
+            opened = _Store(settings)
+            self._stores[where] = opened
+            click.get_current_context().call_on_close(opened.db.close)
+        return self._stores[where]
+
+    @contextlib.asynccontextmanager
+    async def open(self, settings: Settings) -> AsyncIterator[Platform]:
+        from intramuros.serving.service import InferenceService
+
+        core = InferenceService(settings)
+        try:
+            await core.prepare()
+            yield core
+        finally:
+            await core.close()
 
 
 @click.group()
 @click.version_option(package_name="intramuros")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """intramuros: an OpenAI/Mistral-compatible AI service on open models, within your walls."""
     enforce_offline()
     # Commands report their own errors in one line; `serve` sets up real logging.
     logging.basicConfig(level=logging.CRITICAL)
+    ctx.obj = _Commands()
+
+
+def _store(options: dict[str, Any]) -> _Store:
+    """The installation's state, with the command's options as settings."""
+    commands = context()
+    assert isinstance(commands, _Commands)
+    return commands.store(load_options(dict(options)))
 
 
 # --------------------------------------------------------------------------
@@ -126,9 +142,9 @@ def serve(**options: Any) -> None:
     from intramuros.api.server import AppServer
 
     try:
-        settings = _settings(options)
+        settings = load_options(options)
     except IntramurosError as exc:
-        _fail(exc)
+        fail(exc)
         return
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -138,7 +154,7 @@ def serve(**options: Any) -> None:
     try:
         app = create_app(settings)
     except IntramurosError as exc:
-        _fail(exc)
+        fail(exc)
         return
     if not settings.auth:
         click.echo(
@@ -160,7 +176,7 @@ def serve(**options: Any) -> None:
     except KeyboardInterrupt:
         pass
     except IntramurosError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 # --------------------------------------------------------------------------
@@ -169,12 +185,7 @@ def serve(**options: Any) -> None:
 
 
 def _catalog(options: dict[str, Any]) -> Catalog:
-    from intramuros.store.db import Database
-
-    settings = _settings(options)
-    db = Database(settings.resolved_database_url())
-    db.migrate()
-    catalog = Catalog(db, settings)
+    catalog = Catalog(_store(options).db, load_options(dict(options)))
     catalog.sync_bundled()
     return catalog
 
@@ -198,13 +209,13 @@ def models() -> None:
 
 @models.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@settings_options(*_STATE_FIELDS)
+@settings_options(*STATE_FIELDS)
 def models_list(as_json: bool, **options: Any) -> None:
     """Print the catalogue with each model's provenance."""
     try:
         records = _catalog(options).records()
     except IntramurosError as exc:
-        _fail(exc)
+        fail(exc)
         return
     if as_json:
         click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
@@ -225,35 +236,82 @@ def models_list(as_json: bool, **options: Any) -> None:
 
 
 @models.command("add")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=click.Path(path_type=Path), required=False)
 @click.option("--name", required=True, help="Model id clients will use.")
+@click.option(
+    "--engine",
+    default=None,
+    help="Engine plug-in that runs it (`intramuros models engines` lists them and their "
+    "options). Default: from PATH (a GGUF file: llamacpp; a CTranslate2 Whisper folder: whisper).",
+)
+@click.option(
+    "--option",
+    "engine_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An option of the engine (with --engine; repeatable).",
+)
 @click.option("--license", "license_", default="unknown", help="Licence of the weights.")
 @click.option(
     "--capabilities",
     default=None,
-    help=f"Comma-separated, of: {', '.join(ALL_CAPABILITIES)}. Default: from the file.",
+    help=f"Comma-separated, of: {', '.join(ALL_CAPABILITIES)}. Default: from the file, or all "
+    "the engine serves.",
 )
 @click.option(
     "--context-length",
     type=click.IntRange(min=16),
     default=None,
-    help="Context window to record. Default: from the file.",
+    help="Context window to record. Default: from the file, else 4096.",
 )
 @click.option("--replace", is_flag=True, help="Replace a model of the same name.")
-@settings_options(*_STATE_FIELDS)
-def models_add(path: Path, name: str, license_: str, capabilities: str | None,
-               context_length: int | None, replace: bool, **options: Any) -> None:  # fmt: skip
-    """Add a GGUF file: hashes it and records its provenance."""
+@settings_options(*STATE_FIELDS)
+def models_add(path: Path | None, name: str, engine: str | None, engine_options: tuple[str, ...],
+               license_: str, capabilities: str | None, context_length: int | None,
+               replace: bool, **options: Any) -> None:  # fmt: skip
+    """Add a model: a GGUF file or Whisper folder, or a model of any installed engine plug-in.
+
+    Files are hashed and their provenance recorded. With --engine NAME, the
+    model is checked against what that engine declares (its options, whether
+    it reads a PATH, what it serves); hosts in its URL options are the ones the
+    server's egress guard lets it reach.
+    """
+    from intramuros.engines.registry import new_model, parse_option_pairs
+
+    if engine is None and engine_options:
+        raise click.UsageError("--option needs --engine.")
+    if engine is None and path is None:
+        raise click.UsageError("give the model's PATH, or --engine NAME for a model of an engine "
+                               "plug-in.")  # fmt: skip
     try:
         _auditable(options)
-        record = _catalog(options).add_file(
-            path, name=name, license=license_, capabilities=_capabilities(capabilities),
-            context_length=context_length, replace=replace,
-        )  # fmt: skip
-        _audit(options, "model_add", None, model=record.name, sha256=record.sha256,
-               license=record.license, origin=record.origin.model_dump())
+        catalog = _catalog(options)
+        caps = _capabilities(capabilities)
+        if engine is None:
+            assert path is not None
+            record = catalog.add_file(
+                path, name=name, license=license_, capabilities=caps,
+                context_length=context_length, replace=replace,
+            )  # fmt: skip
+        else:
+            plan = new_model(engine, parse_option_pairs(engine_options), caps,
+                             has_path=path is not None)  # fmt: skip
+            record = catalog.add_model(
+                name=name, engine=plan.engine, capabilities=plan.capabilities, path=path,
+                weights_file=plan.weights_file, aux_files=plan.aux_files, format=plan.format,
+                options=plan.options, context_length=context_length or 4096, license=license_,
+                origin_url=plan.origin_url, replace=replace,
+            )  # fmt: skip
+        _audit(options, "model_add", None, model=record.name, engine=record.engine,
+               sha256=record.sha256, license=record.license, origin=record.origin.model_dump(),
+               engine_options=record.options)  # fmt: skip
     except IntramurosError as exc:
-        _fail(exc)
+        fail(exc)
+        return
+    if record.sha256 is None:
+        console.print(f"added [bold]{record.name}[/] (engine {record.engine}, "
+                      f"{record.origin.kind}: {record.origin.url or 'no weights'})",
+                      highlight=False)  # fmt: skip
         return
     console.print(f"added [bold]{record.name}[/] sha256 {record.sha256} "
                   f"({record.architecture}, {record.quantization}, ctx {record.context_length})",
@@ -278,57 +336,92 @@ def models_add(path: Path, name: str, license_: str, capabilities: str | None,
     "--api-key-env", default=None, help="Environment variable holding the upstream's key."
 )
 @click.option("--replace", is_flag=True, help="Replace a model of the same name.")
-@settings_options(*_STATE_FIELDS)
+@settings_options(*STATE_FIELDS)
 def models_add_upstream(name: str, base_url: str, upstream_model: str | None, capabilities: str,
                         context_length: int, license_: str, api_key_env: str | None,
                         replace: bool, **options: Any) -> None:  # fmt: skip
-    """Serve a model from an OpenAI-compatible server (vLLM, TGI, llama-server...)."""
+    """Serve a model from an OpenAI-compatible server (vLLM, TGI, llama-server...).
+
+    The same as `models add --engine openai-upstream --option base_url=...`.
+    """
+    from intramuros.engines.registry import new_model
+
+    given = {"base_url": base_url, "upstream_model": upstream_model or name}
+    if api_key_env:
+        given["api_key_env"] = api_key_env
     try:
         _auditable(options)
-        record = _catalog(options).add_upstream(
-            name=name, base_url=base_url, upstream_model=upstream_model,
-            capabilities=_capabilities(capabilities) or ("chat", "completion"),
-            context_length=context_length, license=license_, api_key_env=api_key_env,
-            replace=replace,
+        catalog = _catalog(options)
+        plan = new_model("openai-upstream", given,
+                         _capabilities(capabilities) or ("chat", "completion"), has_path=False)
+        record = catalog.add_model(
+            name=name, engine=plan.engine, capabilities=plan.capabilities, format=plan.format,
+            options=plan.options, context_length=context_length, license=license_,
+            origin_url=base_url, replace=replace,
         )  # fmt: skip
         _audit(options, "model_add_upstream", None, model=record.name, base_url=base_url)
     except IntramurosError as exc:
-        _fail(exc)
+        fail(exc)
         return
     console.print(f"added upstream model [bold]{record.name}[/] -> {base_url}", highlight=False)
 
 
+@models.command("engines")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def models_engines(as_json: bool) -> None:
+    """List the engine plug-ins installed and the options each takes. Exit 1 if one is broken."""
+    import dataclasses
+
+    from intramuros.engines.registry import describe_engines
+
+    infos = describe_engines()
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(i) for i in infos], indent=2))
+    else:
+        for info in infos:
+            if info.error is not None:
+                click.echo(f"{info.name}  BROKEN  {info.error}")
+                continue
+            click.echo(f"{info.name}  ({info.target})  weights: {info.weights} ({info.format})  "
+                       f"serves: {', '.join(info.capabilities) or '-'}")  # fmt: skip
+            for opt in info.options:
+                need = "required" if opt.required else f"default {opt.default or '-'}"
+                click.echo(f"  --option {opt.key}=<{opt.type}>  ({need})  {opt.description}")
+    if any(i.error is not None for i in infos):
+        sys.exit(1)
+
+
 @models.command("remove")
 @click.argument("name")
-@settings_options(*_STATE_FIELDS)
+@settings_options(*STATE_FIELDS)
 def models_remove(name: str, **options: Any) -> None:
     """Forget a model you added (its file stays where it is)."""
     try:
         _auditable(options)
         catalog = _catalog(options)
         if catalog.get(name).bundled:
-            _error(f"'{name}' is bundled; uninstall its package instead.")
+            error(f"'{name}' is bundled; uninstall its package instead.")
         catalog.remove(name)
         _audit(options, "model_remove", None, model=name)
     except IntramurosError as exc:
-        _fail(exc)
+        fail(exc)
         return
     console.print(f"removed {name}")
 
 
 @models.command("verify")
 @click.argument("names", nargs=-1)
-@settings_options(*_STATE_FIELDS)
+@settings_options(*STATE_FIELDS)
 def models_verify(names: tuple[str, ...], **options: Any) -> None:
     """Re-hash every model's files against the catalogue. Exit 1 on any mismatch."""
     try:
         catalog = _catalog(options)
         unknown = set(names) - {r.name for r in catalog.records()}
         if unknown:
-            _error(f"unknown model(s): {', '.join(sorted(unknown))}")
+            error(f"unknown model(s): {', '.join(sorted(unknown))}")
         results = catalog.verify_all(names or None)
     except IntramurosError as exc:
-        _fail(exc)
+        fail(exc)
         return
     table = Table(title="model verification")
     for col in ("name", "result", "detail", "sha256"):
@@ -353,12 +446,7 @@ def models_verify(names: tuple[str, ...], **options: Any) -> None:
 
 
 def _tenants(options: dict[str, Any]) -> Tenants:
-    from intramuros.store.db import Database
-
-    settings = _settings(options)
-    db = Database(settings.resolved_database_url())
-    db.migrate()
-    return Tenants(db)
+    return _store(options).tenants
 
 
 def _policy_from(options: dict[str, Any], base: TenantPolicy | None = None) -> TenantPolicy:
@@ -421,7 +509,7 @@ def tenants_group() -> None:
 @tenants_group.command("create")
 @click.argument("name")
 @policy_options
-@settings_options(*_STATE_FIELDS)
+@settings_options(*STATE_FIELDS)
 def tenants_create(name: str, **options: Any) -> None:
     """Create a tenant (a department, a client organisation)."""
     try:
@@ -431,7 +519,7 @@ def tenants_create(name: str, **options: Any) -> None:
         info = store.create(name, policy)
         _audit(options, "tenant_create", info.id, name=name, policy=policy.model_dump())
     except IntramurosError as exc:
-        _fail(exc)
+        fail(exc)
         return
     console.print(f"created tenant {name} (id {info.id})", highlight=False)
 
@@ -439,11 +527,11 @@ def tenants_create(name: str, **options: Any) -> None:
 @tenants_group.command("policy")
 @click.argument("name")
 @policy_options
-@settings_options(*_STATE_FIELDS)
+@settings_options(*STATE_FIELDS)
 def tenants_policy(name: str, **options: Any) -> None:
     """Show a tenant's policy, or change it with the flags."""
     try:
-        flags = {k: options.pop(k) for k in list(options) if k not in _STATE_FIELDS}
+        flags = {k: options.pop(k) for k in list(options) if k not in STATE_FIELDS}
         _auditable(options)
         store = _tenants(options)
         tenant = store.get(name)
@@ -451,25 +539,25 @@ def tenants_policy(name: str, **options: Any) -> None:
         store.set_policy(tenant.id, policy)
         _audit(options, "tenant_policy", tenant.id, policy=policy.model_dump())
     except IntramurosError as exc:
-        _fail(exc)
+        fail(exc)
         return
     click.echo(policy.model_dump_json(indent=2))
 
 
 @tenants_group.command("list")
-@settings_options(*_STATE_FIELDS)
+@settings_options(*STATE_FIELDS)
 def tenants_list(**options: Any) -> None:
     """List tenants: name, id (what records store), policy."""
     try:
         for tenant in _tenants(options).all():
             click.echo(f"{tenant.name}\t{tenant.id}\t{tenant.policy.model_dump_json()}")
     except IntramurosError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @tenants_group.command("delete")
 @click.argument("name")
-@settings_options(*_STATE_FIELDS)
+@settings_options(*STATE_FIELDS)
 def tenants_delete(name: str, **options: Any) -> None:
     """Delete a tenant and everything it stored: keys, files, jobs, cases, records.
 
@@ -477,17 +565,17 @@ def tenants_delete(name: str, **options: Any) -> None:
     tombstone), and the tenant's id is never given again: a new tenant of the
     same name starts empty.
     """
-    from intramuros.serving.tenancy import PurgeContext, delete_tenant
+    from intramuros.serving.tenancy import delete_tenant, purge_context
 
     try:
-        settings = _settings(dict(options))
+        settings = load_options(dict(options))
         store = _tenants(dict(options))
         ledger = _ledger(options)
         ledger.require_appendable()
-        ctx = PurgeContext(settings=settings, db=store.db, ledger=ledger, actor=_actor())
+        ctx = purge_context(settings, store.db, ledger, actor())
         tomb, counts = delete_tenant(ctx, store, name)
     except IntramurosError as exc:
-        _fail(exc)
+        fail(exc)
         return
     done = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
     console.print(f"deleted tenant {name} (id {tomb.id}, never reused): {done or 'no data'}",
@@ -511,7 +599,7 @@ def keys_group() -> None:
 @click.option("--tpm", type=click.IntRange(min=1), default=None, help="Tokens per minute.")
 @click.option("--monthly-tokens", type=click.IntRange(min=1), default=None,
               help="Tokens per calendar month.")
-@settings_options(*_STATE_FIELDS)
+@settings_options(*STATE_FIELDS)
 def keys_create(tenant: str, role: str, expires: str | None, models: str | None,
                 rpm: int | None, tpm: int | None, monthly_tokens: int | None,
                 **options: Any) -> None:  # fmt: skip
@@ -528,7 +616,7 @@ def keys_create(tenant: str, role: str, expires: str | None, models: str | None,
         )  # fmt: skip
         _audit(options, "key_create", tenant_id, key_id=info.id, role=role)
     except IntramurosError as exc:
-        _fail(exc)
+        fail(exc)
         return
     click.echo(key)
     click.echo(f"key id {info.id}, tenant {tenant}, role {info.role}: store the key now, "
@@ -537,14 +625,14 @@ def keys_create(tenant: str, role: str, expires: str | None, models: str | None,
 
 @keys_group.command("list")
 @click.option("--tenant", default=None, help="Only this tenant's keys.")
-@settings_options(*_STATE_FIELDS)
+@settings_options(*STATE_FIELDS)
 def keys_list(tenant: str | None, **options: Any) -> None:
     """List keys (never their secrets)."""
     try:
         store = _tenants(options)
         keys = store.keys(store.resolve(tenant) if tenant else None)
     except IntramurosError as exc:
-        _fail(exc)
+        fail(exc)
         return
     table = Table(title="API keys")
     for col in ("id", "tenant", "role", "state", "expires", "models"):
@@ -562,7 +650,7 @@ def keys_list(tenant: str | None, **options: Any) -> None:
 
 @keys_group.command("revoke")
 @click.argument("key_id")
-@settings_options(*_STATE_FIELDS)
+@settings_options(*STATE_FIELDS)
 def keys_revoke(key_id: str, **options: Any) -> None:
     """Revoke a key at once."""
     try:
@@ -572,7 +660,7 @@ def keys_revoke(key_id: str, **options: Any) -> None:
         store.revoke(key_id)
         _audit(options, "key_revoke", key.tenant, key_id=key_id)
     except IntramurosError as exc:
-        _fail(exc)
+        fail(exc)
         return
     console.print(f"revoked {key_id}")
 
@@ -581,7 +669,7 @@ def keys_revoke(key_id: str, **options: Any) -> None:
 @click.option("--tenant", default=None, help="Only this tenant.")
 @click.option("--since", default=None, help="From this day (YYYY-MM-DD).")
 @click.option("--until", default=None, help="Up to this day (YYYY-MM-DD).")
-@settings_options(*_STATE_FIELDS)
+@settings_options(*STATE_FIELDS)
 def usage_cmd(tenant: str | None, since: str | None, until: str | None, **options: Any) -> None:
     """Token, request, energy, cost and CO2e totals by tenant, model and day."""
     from intramuros.gate.quotas import usage_report
@@ -591,7 +679,7 @@ def usage_cmd(tenant: str | None, since: str | None, until: str | None, **option
         rows = usage_report(store.db, tenant=store.resolve(tenant) if tenant else None,
                             since=since, until=until)
     except IntramurosError as exc:
-        _fail(exc)
+        fail(exc)
         return
     table = Table(title="usage")
     for col in ("day", "tenant", "model", "requests", "prompt", "completion", "total",
@@ -611,28 +699,13 @@ def usage_cmd(tenant: str | None, since: str | None, until: str | None, **option
 
 
 def _ledger(options: dict[str, Any]) -> Ledger:
-    from intramuros.store.db import Database
-
-    settings = _settings(options)
-    db = Database(settings.resolved_database_url())
-    db.migrate()
-    return Ledger(db, LedgerKeys.load(settings.ledger_key_file))
-
-
-def _actor() -> str:
-    """Who ran an admin command: the operating-system user."""
-    import getpass
-
-    try:
-        return "cli:" + getpass.getuser()
-    except (KeyError, OSError):
-        return "cli:unknown"
+    return _store(options).ledger
 
 
 def _audit(options: dict[str, Any], action: str, tenant: str | None, **details: Any) -> None:
     """Append an admin action to the ledger."""
     _ledger(options).append("admin", tenant=tenant, key_id=None, subject=None,
-                            data={"action": action, "actor": _actor(), **details})  # fmt: skip
+                            data={"action": action, "actor": actor(), **details})  # fmt: skip
 
 
 def _tenant_or_deleted(store: Tenants, value: str) -> str:
@@ -674,7 +747,7 @@ def _ledger_report(report: VerifyReport, allow_unauthenticated: bool, what: str)
         click.echo("warning: " + warning, err=True)
     if not report.ok:
         where = f" at record {report.first_bad_seq}" if report.first_bad_seq is not None else ""
-        _error(f"{what} verification FAILED{where}: {report.reason}: {report.detail}")
+        error(f"{what} verification FAILED{where}: {report.reason}: {report.detail}")
     if not report.authenticated and not allow_unauthenticated:
         click.echo(
             f"error: the {what} links, but it is not authenticated, so anyone able to write it "
@@ -708,7 +781,7 @@ _ALLOW_UNAUTHENTICATED_HELP = (
               help="A checkpoint kept from `ledger checkpoint` (or an export's manifest.json): "
                    "also detects truncation; a signed one's signature is checked.")
 @click.option("--allow-unauthenticated", is_flag=True, help=_ALLOW_UNAUTHENTICATED_HELP)
-@settings_options(*_STATE_FIELDS, "ledger_key_file")
+@settings_options(*STATE_FIELDS, "ledger_key_file")
 def ledger_verify(checkpoint_file: Path | None, allow_unauthenticated: bool,
                   **options: Any) -> None:  # fmt: skip
     """Check the chain, every record's MAC and stored content; name the first bad record.
@@ -721,7 +794,7 @@ def ledger_verify(checkpoint_file: Path | None, allow_unauthenticated: bool,
         checkpoint = _ledger_checkpoint_file(checkpoint_file)
         report = _ledger(options).verify(checkpoint)
     except IntramurosError as exc:
-        _fail(exc)
+        fail(exc)
         return
     _ledger_report(report, allow_unauthenticated, "ledger")
 
@@ -741,14 +814,14 @@ def ledger_verify_export(path: Path, public_keys_file: Path | None, checkpoint_f
         checkpoint = _ledger_checkpoint_file(checkpoint_file)
         public_keys = PublicKeys.from_file(public_keys_file) if public_keys_file else None
     except IntramurosError as exc:
-        _fail(exc)
+        fail(exc)
         return
     report = verify_export(path, checkpoint=checkpoint, public_keys=public_keys)
     _ledger_report(report, allow_unauthenticated, "export")
 
 
 @ledger_group.command("checkpoint")
-@settings_options(*_STATE_FIELDS, "ledger_key_file")
+@settings_options(*STATE_FIELDS, "ledger_key_file")
 def ledger_checkpoint(**options: Any) -> None:
     """Print the head of the chain, signed with the ledger key.
 
@@ -758,7 +831,7 @@ def ledger_checkpoint(**options: Any) -> None:
     try:
         checkpoint = _ledger(options).checkpoint()
     except IntramurosError as exc:
-        _fail(exc)
+        fail(exc)
         return
     click.echo(checkpoint.to_json())
     if not checkpoint.signed:
@@ -775,12 +848,12 @@ def ledger_public_key(**options: Any) -> None:
     channel the database's administrators do not control.
     """
     try:
-        keys = LedgerKeys.load(_settings(options).ledger_key_file)
+        keys = LedgerKeys.load(load_options(options).ledger_key_file)
     except IntramurosError as exc:
-        _fail(exc)
+        fail(exc)
         return
     if keys is None:
-        _error("no ledger key is configured: pass --ledger-key-file or set INTRAMUROS_LEDGER_KEY.")
+        error("no ledger key is configured: pass --ledger-key-file or set INTRAMUROS_LEDGER_KEY.")
         return
     click.echo(keys.public_keys().to_json())
 
@@ -807,7 +880,7 @@ def _when(value: str | None, param: str) -> float | None:
 @click.option("--until", default=None, help="Before this ISO date/time (UTC).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
               help="Directory for records.jsonl and manifest.json.")
-@settings_options(*_STATE_FIELDS, "ledger_key_file")
+@settings_options(*STATE_FIELDS, "ledger_key_file")
 def ledger_export(tenant: str | None, since: str | None, until: str | None, out_dir: Path,
                   **options: Any) -> None:  # fmt: skip
     """Write records as JSON lines for an auditor, with a manifest signed with the ledger key."""
@@ -820,7 +893,7 @@ def ledger_export(tenant: str | None, since: str | None, until: str | None, out_
                              until=_when(until, "--until"))  # fmt: skip
         _audit(options, "ledger_export", tenant, since=since, until=until)
     except IntramurosError as exc:
-        _fail(exc)
+        fail(exc)
         return
     manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
     signature = manifest.get("signature")
@@ -837,7 +910,7 @@ def ledger_keygen(path: Path) -> None:
     try:
         generate_key_file(path)
     except IntramurosError as exc:
-        _fail(exc)
+        fail(exc)
         return
     click.echo(f"created {path}; start the server with --ledger-key-file {path}")
 
@@ -849,7 +922,7 @@ def ledger_rotate(path: Path) -> None:
     try:
         keys = rotate(path)
     except IntramurosError as exc:
-        _fail(exc)
+        fail(exc)
         return
     click.echo(f"current key version is now {keys.current}; old versions stay in {path}. "
                "Give auditors the new public key: `intramuros ledger public-key`.")  # fmt: skip
@@ -858,7 +931,7 @@ def ledger_rotate(path: Path) -> None:
 @main.command("erase")
 @click.option("--tenant", required=True, help="Tenant of the subject.")
 @click.option("--subject", required=True, help="End-user id the client passed (user/metadata).")
-@settings_options(*_STATE_FIELDS, "ledger_key_file")
+@settings_options(*STATE_FIELDS, "ledger_key_file")
 def erase(tenant: str, subject: str, **options: Any) -> None:
     """Delete a subject's stored content everywhere; the ledger keeps a tombstone."""
     from intramuros.gate.privacy import provisional_subject, subject_digests
@@ -872,64 +945,61 @@ def erase(tenant: str, subject: str, **options: Any) -> None:
         forms = [subject, *subject_digests(subject, ledger.keys)]
         found = [f for f in forms if ledger.records(tenant_id, subject=f, limit=1)]
         fallback = provisional_subject(subject, ledger.keys) or subject
-        count = sum(ledger.erase_subject(tenant_id, form, actor=_actor())
+        count = sum(ledger.erase_subject(tenant_id, form, actor=actor())
                     for form in found or [fallback])  # fmt: skip
     except IntramurosError as exc:
-        _fail(exc)
+        fail(exc)
         return
     click.echo(f"erased stored content of {count} record(s) of subject {subject!r} in {tenant}")
 
 
 @main.command("purge")
 @click.option("--tenant", default=None, help="Only this tenant (default: every tenant).")
-@settings_options(*_STATE_FIELDS, "ledger_key_file", "files_key_file")
+@settings_options(*STATE_FIELDS, "files_key_file")
 def purge(tenant: str | None, **options: Any) -> None:
-    """Apply retention now: stored text, files and OCR jobs past each tenant's period.
+    """Apply retention now: stored text, and each workload's data (files, OCR jobs ...)
+    past each tenant's period.
 
     Expired files (``expires_after``) of every tenant are deleted too.
     """
     try:
-        store = _tenants(dict(options))
-        ledger = _ledger(options)
-        tenant_id = store.resolve(tenant) if tenant else None
-        done = run_retention(store, ledger, actor=_actor(), tenant=tenant_id)
-        documents = _purge_documents(options, store, ledger, tenant_id)
+        settings = load_options(dict(options))
+        store = _store(options)
+        tenant_id = store.tenants.resolve(tenant) if tenant else None
+        done = run_retention(store.tenants, store.ledger, actor=actor(), tenant=tenant_id)
+        ctx = Retention(settings=settings, tables=store.db, auditor=store.ledger, actor=actor(),
+                        policies={t.id: t.policy for t in store.tenants.all()})  # fmt: skip
+        gone = [workload.purge_expired(ctx, tenant_id) for workload in installed_workloads()
+                if workload.purge_expired is not None]  # fmt: skip
     except IntramurosError as exc:
-        _fail(exc)
-        return
+        fail(exc)
     for name, count in done.items():
         click.echo(f"{name}: purged {count} record(s)")
-    for name, gone in documents.items():
-        click.echo(f"{name}: deleted {len(gone.files)} file(s), {len(gone.jobs)} OCR job(s)")
-
-
-def _purge_documents(
-    options: dict[str, Any], tenants: Tenants, ledger: Ledger, tenant: str | None
-) -> dict[str, Purged]:
-    from intramuros.docai.retention import purge_documents
-    from intramuros.files.store import FileStore
-
-    settings = _settings(options)
-    files = FileStore.from_settings(settings, ledger.db)
-    return purge_documents(tenants, files, ledger, actor=_actor(), tenant=tenant)
+    for counts in gone:
+        for name, kinds in counts.items():
+            click.echo(f"{name}: deleted " + ", ".join(f"{n} {kind}" for kind, n in kinds.items()))
 
 
 # --------------------------------------------------------------------------
-# workloads and tools: each area owns its command group in its own module
+# tools, and the installed workloads' commands (each workload's plug-in names its own)
 # --------------------------------------------------------------------------
 
 
-def _add_area_commands() -> None:
+def _add_commands() -> None:
     from intramuros.bench.cli import bench
-    from intramuros.docai.cli import group as docai_group
-    from intramuros.kyc.cli import group as kyc_group
-    from intramuros.voice.cli import transcribe
 
-    for command in (docai_group, kyc_group, transcribe, bench):
-        main.add_command(command)
+    main.add_command(bench)
+    try:
+        workloads = installed_workloads()
+    except IntramurosError as exc:  # a broken plug-in: the core's commands still work
+        logging.getLogger(__name__).error("%s", exc.message)
+        return
+    for workload in workloads:
+        if workload.cli is not None:
+            main.add_command(workload.cli())
 
 
-_add_area_commands()
+_add_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -11,6 +11,8 @@ nothing anywhere matches on message text.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class IntramurosError(Exception):
     """Base class of every error intramuros raises on purpose.
@@ -261,3 +263,12 @@ class ConfigError(IntramurosError):
     status = 500
     type = "server_error"
     code = "config_error"
+
+
+def error_body(exc: IntramurosError) -> dict[str, Any]:
+    """``{"error": {message, type, param, code}}`` for ``exc``: OpenAI's error body.
+
+    The one mapping of our errors to the wire, for JSON answers and stream events alike.
+    """
+    message = exc.public_message() if isinstance(exc, ModelIntegrityError) else exc.message
+    return {"error": {"message": message, "type": exc.type, "param": exc.param, "code": exc.code}}

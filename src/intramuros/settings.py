@@ -9,10 +9,11 @@ also its ``--help`` text on the command line.
 from __future__ import annotations
 
 import os
+from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,8 +23,21 @@ from pydantic_settings import (
 
 from intramuros.errors import ConfigError
 
-if TYPE_CHECKING:
-    from intramuros.meter.price import PriceModel
+# Grid carbon intensity presets, gCO2e per kWh: SDES "Key figures on climate 2023" (IEA data)
+# for the EU-27 and France, 2021.
+GRID_PRESETS: dict[str, float] = {"eu": 264.0, "fr": 60.0}
+S = TypeVar("S", bound=BaseModel)
+
+
+def grid_intensity(value: str) -> float:
+    """gCO2e per kWh for a preset name (``eu``, ``fr``) or a number given as text."""
+    preset = GRID_PRESETS.get(value.strip().lower())
+    if preset is not None:
+        return preset
+    number = float(value)  # ValueError for anything else: the settings report it
+    if number < 0:
+        raise ValueError("grid intensity cannot be negative")
+    return number
 
 
 def default_data_dir() -> Path:
@@ -184,142 +198,7 @@ class Settings(BaseSettings):
         ),
     )
 
-    # -- router (issue 5: small-first routing) --
-    routes: dict[str, Any] = Field(
-        default_factory=dict,
-        description=(
-            "Route profiles (TOML table [routes.NAME], or JSON): models cheapest first, tasks, "
-            "min_confidence, checks, escalate, stream. `auto` always exists (default: the "
-            "whole catalogue by cost). See docs/routing.md."
-        ),
-    )
-    model_costs: dict[str, float] = Field(
-        default_factory=dict,
-        description=(
-            "Relative cost per model for routing (TOML table or JSON); default: the weights' "
-            "size in bytes; models without size or cost (upstreams) rank last."
-        ),
-    )
-
-    @field_validator("routes", mode="before")
-    @classmethod
-    def _check_routes(cls, value: Any) -> Any:
-        from intramuros.router.config import parse_routes
-
-        parsed = parse_routes(value)  # ConfigError names the route and field
-        return {name: p.model_dump(mode="json") for name, p in parsed.items()}
-
-    @field_validator("model_costs", mode="before")
-    @classmethod
-    def _check_costs(cls, value: Any) -> Any:
-        from intramuros.router.config import parse_costs
-
-        return parse_costs(value)
-
-    # -- docai (issue 6: files, OCR) --
-    files_max_bytes: int = Field(
-        default=50 * 1024 * 1024,
-        ge=1024,
-        description=(
-            "Largest file accepted by POST /v1/files, and largest document in POST /v1/ocr; "
-            "larger gets 413."
-        ),
-    )
-    files_key_file: Path | None = Field(
-        default=None,
-        description=(
-            "Key file (format of `intramuros ledger keygen`) encrypting stored files at rest. "
-            "Default: the ledger key if one is configured, else <data-dir>/files.key, "
-            "created with mode 0600 on first use."
-        ),
-    )
-    docai_max_pages: int = Field(
-        default=1000, ge=1, description="Most pages in one document; longer ones are refused."
-    )
-    docai_max_pixels: int = Field(
-        default=25_000_000,
-        ge=1_000_000,
-        description=(
-            "Most pixels of one page image: an image or TIFF frame over it is refused (checked "
-            "from its header, before decoding: decompression bombs); a PDF page is rendered "
-            "for OCR at a lower dpi to fit (its box times /UserUnit), and refused (413) when "
-            "even 30 dpi is over. Bounds the memory of one page (about 15 bytes per pixel)."
-        ),
-    )
-    docai_max_seconds: float = Field(
-        default=300.0,
-        gt=0,
-        description=(
-            "Most seconds of work on one document (a /v1/ocr request or one file of an OCR "
-            "job), counted while its pages are being read, not while it waits for its turn; "
-            "over it the read stops with 422 document_time_limit."
-        ),
-    )
-    docai_concurrency: int = Field(
-        default=1,
-        ge=1,
-        description=(
-            "Pages the server reads at once (CPU-bound). Waiting documents are served page "
-            "by page, tenants in turn, so a long document cannot hold up the others."
-        ),
-    )
-    docai_extract_model: str = Field(
-        default="smollm2-135m-instruct",
-        description="Chat model that fills document_annotation_format schemas from OCR text.",
-    )
-
-    # -- kyc (issue 7: screening) --
-    kyc_threshold: float = Field(
-        default=0.82, gt=0.0, le=1.0,
-        description="KYC: default score from which a match alerts and opens a case "
-        "(tenants may set their own).",
-    )
-    kyc_min_score: float = Field(
-        default=0.7, ge=0.0, le=1.0,
-        description="KYC: lowest score returned as a (non-alerting) match.",
-    )
-    kyc_refresh_seconds: float = Field(
-        default=2.0, ge=0.0,
-        description="KYC: how often (seconds) the server checks for re-imported lists and "
-        "swaps in the new index; 0 checks before every screening.",
-    )
-    kyc_summary_model: str = Field(
-        default="smollm2-135m-instruct",
-        description="KYC: chat model that drafts case summaries (marked machine-drafted).",
-    )
-
-    # -- voice (issue 8: transcription) --
-    voice_default_model: str = Field(
-        default="whisper-base",
-        description="Speech model used for `whisper-1` (OpenAI's name) and by `transcribe`.",
-    )
-    voice_max_upload_bytes: int = Field(
-        default=25 * 1024 * 1024, ge=1024,
-        description="Largest audio upload to /v1/audio/* in bytes (413 above it).",
-    )
-    voice_max_audio_seconds: float = Field(
-        default=2 * 3600, gt=0,
-        description=(
-            "Longest recording accepted, in seconds: longer gets 400 audio_too_long, from the "
-            "duration its headers declare or as soon as decoding passes it."
-        ),
-    )
-    voice_block_seconds: float = Field(
-        default=120, ge=10, le=3600,
-        description=(
-            "Long audio is decoded and transcribed in blocks of about this many seconds, cut "
-            "at a quiet point (memory grows with the block, about 1 MB per second of speech, "
-            "not with the recording)."
-        ),
-    )
-    voice_decode_concurrency: int = Field(
-        default=2, ge=1,
-        description="Uploads whose audio is checked and decoded at once; others wait their turn.",
-    )
-    voice_decode_queue: int = Field(
-        default=16, ge=0,
-        description="Uploads that may wait for a decoder; beyond that, 429 with Retry-After.",
-    )
+    # -- the speech engine (faster-whisper) --
     voice_compute_type: str = Field(
         default="int8",
         description="CTranslate2 compute type for speech models (int8, int8_float32, float32).",
@@ -336,10 +215,6 @@ class Settings(BaseSettings):
             "Speech chunks (found by VAD) decoded together for json/text answers (faster, "
             "approximate times); 1: 30 s windows in order, each with the text before it."
         ),
-    )
-    voice_vad: bool = Field(
-        default=True,
-        description="Skip non-speech with voice-activity detection (Silero) before decoding.",
     )
 
     config: Path | None = Field(
@@ -358,8 +233,6 @@ class Settings(BaseSettings):
     @field_validator("grid_intensity")
     @classmethod
     def _known_grid(cls, value: str) -> str:
-        from intramuros.meter.price import grid_intensity
-
         try:
             grid_intensity(value)
         except ValueError:
@@ -400,17 +273,6 @@ class Settings(BaseSettings):
         """Threads for llama.cpp: the setting, or half the cores (at least one)."""
         return self.n_threads or max(1, (os.cpu_count() or 2) // 2)
 
-    def price_model(self) -> PriceModel:
-        """The price model built from the hardware, electricity and grid settings."""
-        from intramuros.meter.price import PriceModel, grid_intensity
-
-        return PriceModel(
-            hardware_eur=self.hardware_price_eur, lifetime_years=self.hardware_lifetime_years,
-            utilisation=self.hardware_utilisation,
-            electricity_eur_per_kwh=self.electricity_eur_per_kwh,
-            grid_gco2e_per_kwh=grid_intensity(self.grid_intensity),
-        )  # fmt: skip
-
     def models_dir(self) -> Path:
         """Where model files assembled from packages are kept."""
         return self.data_dir / "models"
@@ -438,16 +300,50 @@ def _config_file_from(init_settings: PydanticBaseSettingsSource) -> Path | None:
     return file
 
 
+# Sections of the settings that other parts contribute (the router, each workload): entry
+# points "name = module:Class", each class a pydantic model of flat fields. They are
+# loaded here by name, so this module imports nothing above it.
+SECTIONS_GROUP = "intramuros.settings"
+
+
+@cache
+def settings_class() -> type[Settings]:
+    """The settings with every installed section: the class :func:`load_settings` builds."""
+    from importlib.metadata import entry_points
+
+    sections = []
+    for point in sorted(entry_points(group=SECTIONS_GROUP), key=lambda p: p.name):
+        try:
+            section = point.load()
+        except Exception as exc:  # a broken plug-in: say which, never a traceback
+            raise ConfigError(f"Settings section '{point.name}' ({point.value}) cannot be "
+                              f"loaded: {type(exc).__name__}: {exc}") from None
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            raise ConfigError(f"Settings section '{point.name}' ({point.value}) is not a "
+                              "pydantic model.")
+        sections.append(section)
+    return type("Settings", (Settings, *sections), {"__doc__": Settings.__doc__,
+                                                    "__module__": __name__})
+
+
+def section(settings: Settings, kind: type[S]) -> S:
+    """The section ``kind`` of ``settings`` (its defaults if that section was not loaded)."""
+    if isinstance(settings, kind):
+        return settings
+    return kind()
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build the settings from flags (``overrides``), environment and config file.
 
-    Raises ``ConfigError`` with a readable message when a value is invalid.
+    Every installed section is included (see :func:`settings_class`). Raises
+    ``ConfigError`` with a readable message when a value is invalid.
     """
     from pydantic import ValidationError
 
     clean = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings(**clean)
+        return settings_class()(**clean)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"

@@ -10,36 +10,40 @@ from fastapi import FastAPI
 
 from intramuros import __version__
 from intramuros.api import errors
+from intramuros.api.lifecycle import PurgeSchedule, guard_egress
 from intramuros.api.middleware import BodyLimitMiddleware
-from intramuros.api.routes import admin, audio, files, health, inference, kyc, models, ocr
+from intramuros.api.routes import admin, health, inference, models
+from intramuros.platform.plugin import Workload, WorkloadPlugin, installed_workloads
 from intramuros.router.service import RouterService
 from intramuros.serving.service import InferenceService
-from intramuros.serving.workload import Workload
 from intramuros.settings import Settings
 
 
-def build_workloads(core: InferenceService) -> dict[str, Workload]:
-    """The workload services (document AI, KYC, voice), each built once from the core one.
+def build_workloads(
+    core: InferenceService, plugins: list[WorkloadPlugin] | None = None
+) -> dict[str, Workload]:
+    """The installed workloads' services (document AI, KYC, voice...), each built once.
 
     Their modules import no heavy library at this point: OCR and speech models
     load on first use, and a missing extra is named in that call's error.
     """
-    from intramuros.docai.service import DocaiService
-    from intramuros.kyc.service import KycService
-    from intramuros.voice.service import VoiceService
-
-    built: list[Workload] = [DocaiService(core), KycService(core), VoiceService(core)]
-    return {w.name: w for w in built}
+    return {p.name: p.build(core) for p in (installed_workloads() if plugins is None
+                                            else plugins)}  # fmt: skip
 
 
 def create_app(settings: Settings, service: InferenceService | None = None) -> FastAPI:
     """Build the app; the service is created once and started in the lifespan."""
     svc = service or InferenceService(settings)
-    workloads = build_workloads(svc)
+    plugins = installed_workloads()
+    workloads = build_workloads(svc, plugins)
     routing = RouterService(svc)  # routes' shape checked with the settings; members at start
+    schedule = PurgeSchedule(svc)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await svc.prepare()
+        if settings.egress_guard:
+            guard_egress(svc)  # before any model loads: nothing reaches out from here on
         await svc.start()
         started: list[Workload] = []
         try:
@@ -47,12 +51,14 @@ def create_app(settings: Settings, service: InferenceService | None = None) -> F
             for workload in workloads.values():
                 await workload.start()
                 started.append(workload)
+            schedule.start()
             # What start-up allocated lives as long as the server: out of the collector's
             # sight, so that its first full collection does not pause one request's loop.
             gc.collect()
             gc.freeze()
             yield
         finally:
+            await schedule.close()
             for workload in reversed(started):
                 await workload.close()
             await svc.close()
@@ -74,11 +80,12 @@ def create_app(settings: Settings, service: InferenceService | None = None) -> F
     app.include_router(models.router)
     app.include_router(inference.router)
     app.include_router(admin.router)
-    for family in (files, ocr, kyc, audio):
-        app.include_router(family.router)
+    for plugin in plugins:
+        for router in plugin.routers():
+            app.include_router(router)
     path_limits: dict[str, int] = {}
     for workload in workloads.values():
-        path_limits.update(getattr(workload, "body_limits", {}))
+        path_limits.update(workload.body_limits)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, path_limits=path_limits,
                        max_json_values=settings.max_json_values)
     return app

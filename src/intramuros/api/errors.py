@@ -20,19 +20,13 @@ from intramuros.errors import (
     InvalidJSON,
     InvalidRequest,
     MethodNotAllowed,
-    ModelIntegrityError,
     NotFound,
     PayloadTooLarge,
     ServerError,
+    error_body,
 )
 
 log = logging.getLogger(__name__)
-
-
-def error_body(exc: IntramurosError) -> dict[str, Any]:
-    """``{"error": {message, type, param, code}}`` for ``exc``."""
-    message = exc.public_message() if isinstance(exc, ModelIntegrityError) else exc.message
-    return {"error": {"message": message, "type": exc.type, "param": exc.param, "code": exc.code}}
 
 
 def error_response(exc: IntramurosError) -> JSONResponse:

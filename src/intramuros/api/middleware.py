@@ -19,8 +19,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from intramuros.api.errors import error_body
-from intramuros.errors import IntramurosError, InvalidRequest, PayloadTooLarge
+from intramuros.errors import IntramurosError, InvalidRequest, PayloadTooLarge, error_body
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 

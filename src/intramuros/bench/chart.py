@@ -26,7 +26,7 @@ TITLES = {
 WINNER, OTHER = "#2a9d8f", "#adb5bd"
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
@@ -39,7 +39,7 @@ def _pyplot() -> Any:
 
 def write_chart(path: Path, summaries: list[Summary], subtitle: str = "") -> None:
     """Write the PNG: 2 x 3 panels, one per metric; quality grouped by suite."""
-    plt = _pyplot()
+    plt = pyplot()
     overall = [s for s in summaries if s.suite == ALL]
     models = [s.model for s in overall]
     suites = list(dict.fromkeys(s.suite for s in summaries if s.suite != ALL))

@@ -95,7 +95,7 @@ def bench(suites: tuple[str, ...], models: tuple[str, ...], base_url: str | None
 def _run(suite_names: tuple[str, ...], model_ids: tuple[str, ...], base_url: str | None,
          api_key: str | None, data_dir: Path | None, out_dir: Path, limit: int | None,
          timeout: float, note: str, record: bool) -> None:  # fmt: skip
-    from intramuros.bench.chart import _pyplot, write_chart
+    from intramuros.bench.chart import pyplot, write_chart
     from intramuros.bench.client import BenchClient, normalise_base_url
     from intramuros.bench.report import markdown_table, rich_table, summarise, write_json
     from intramuros.bench.runner import SEED, run_bench
@@ -112,7 +112,7 @@ def _run(suite_names: tuple[str, ...], model_ids: tuple[str, ...], base_url: str
         loaded = [Suite(s.name, s.path, s.sha256, s.items[:limit]) for s in loaded]
     if len({s.name for s in loaded}) != len(loaded):
         raise BenchError("two suites have the same name (file stem)")
-    _pyplot()  # the chart's dependency is checked before a long run, not after
+    pyplot()  # the chart's dependency is checked before a long run, not after
     if out_dir.exists() and not out_dir.is_dir():
         raise BenchError(f"--out {out_dir} exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import httpx
 
 from intramuros.bench.errors import BenchError, ServerUnavailable
 
-# The extra ``usage`` keys an intramuros server adds (api/protocol.py ``Metering``).
+# The extra ``usage`` keys an intramuros server adds (protocol/openai.py ``Metering``).
 METERING_FIELDS = ("queue_ms", "ttft_ms", "latency_ms", "decode_tokens_per_second",
                    "cpu_seconds", "energy_joules", "energy_source", "cost_eur",
                    "co2e_grams")  # fmt: skip

@@ -2,8 +2,12 @@
 
 Records live in the database. Bundled models are (re)registered from their
 installed packages at start-up; operators add their own GGUF files or
-upstream servers. A model's weights are hashed again every time it is loaded
-(:meth:`Catalog.verify_record`), and a mismatch refuses the load.
+upstream servers, or a model of any installed engine plug-in
+(:meth:`Catalog.add_model`: the catalogue knows no engine; the caller checks
+the model against its engine's declarations first, see
+``intramuros.engines.registry.new_model``). A model's weights are hashed again
+every time it is loaded (:meth:`Catalog.verify_record`), and a mismatch
+refuses the load.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ import hashlib
 import logging
 import re
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from intramuros.catalog.bundled import BUNDLED, BundledModel, find_bundled
 from intramuros.catalog.gguf import read_gguf_info
@@ -32,6 +37,9 @@ log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 ALL_CAPABILITIES: tuple[Capability, ...] = typing.get_args(Capability)
+# A model folder added for an engine that names no aux files: its top-level files, at most this
+# many (each is hashed now and on every load).
+MAX_FOLDER_FILES = 64
 
 
 def sha256_file(path: Path, chunk: int = 4 * 1024 * 1024) -> str:
@@ -269,7 +277,11 @@ class Catalog:
         api_key_env: str | None = None,
         replace: bool = False,
     ) -> ModelRecord:
-        """Register a model served by an OpenAI-compatible upstream server."""
+        """Register a model served by an OpenAI-compatible upstream server.
+
+        (A shorthand of :meth:`add_model` for the ``openai-upstream`` engine; the
+        command line checks the options against the engine's own declaration.)
+        """
         self._check_new_name(name, replace)
         if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s]*)?", base_url):
             raise InvalidRequest("base_url must be an http(s) URL.", param="base_url")
@@ -277,16 +289,59 @@ class Catalog:
         options["upstream_model"] = upstream_model or name
         if api_key_env:
             options["api_key_env"] = api_key_env
-        record = ModelRecord(
-            name=name,
-            engine="openai-upstream",
-            format="remote",
-            context_length=context_length,
-            license=license,
-            origin=Origin(kind="upstream", url=base_url),
-            capabilities=capabilities,
-            options=options,
-        )
+        return self.add_model(name=name, engine="openai-upstream", options=options,
+                              capabilities=capabilities, context_length=context_length,
+                              license=license, origin_url=base_url, replace=replace)  # fmt: skip
+
+    def add_model(
+        self,
+        *,
+        name: str,
+        engine: str,
+        capabilities: Sequence[str],
+        path: Path | None = None,
+        weights_file: str | None = None,
+        aux_files: Sequence[str] = (),
+        format: str = "remote",
+        options: Mapping[str, Any] | None = None,
+        context_length: int = 4096,
+        license: str = "unknown",
+        origin_url: str | None = None,
+        description: str = "",
+        replace: bool = False,
+    ) -> ModelRecord:
+        """Register a model of any engine plug-in (``intramuros models add --engine``).
+
+        The engine's checks (its options, what it serves, whether it reads a
+        path) are the caller's: see ``intramuros.engines.registry.new_model``.
+        Here: the name, the capabilities, and the files. ``path`` None: no local
+        weights (origin ``upstream`` at ``origin_url``, else ``engine``). A file:
+        the weights, hashed. A folder (``weights_file`` given): that file inside
+        it is the weights, and ``aux_files`` (relative paths), or else every
+        other file at its top level, are hashed alongside; all are checked again
+        on every load.
+        """
+        self._check_new_name(name, replace)
+        caps = _checked_capabilities(capabilities)
+        if not 16 <= context_length <= 10_000_000:
+            raise InvalidRequest("context_length must be between 16 and 10,000,000 tokens.",
+                                 param="context_length")  # fmt: skip
+        common: dict[str, Any] = dict(
+            name=name, engine=engine, format=format, context_length=context_length,
+            license=license, capabilities=caps, options=dict(options or {}),
+            description=description,
+        )  # fmt: skip
+        if path is None:
+            origin = Origin(kind="upstream", url=origin_url) if origin_url else None
+            record = ModelRecord(**common, origin=origin or Origin(kind="engine"))
+        else:
+            folder = path.expanduser().resolve()
+            weights, aux = _weights_files(folder, weights_file, tuple(aux_files))
+            record = ModelRecord(
+                **common, path=str(weights), sha256=sha256_file(weights),
+                size_bytes=weights.stat().st_size, origin=Origin(kind="file", path=str(folder)),
+                aux_files={rel: sha256_file(weights.parent / rel) for rel in aux},
+            )  # fmt: skip
         self._save(record)
         return record
 
@@ -364,3 +419,45 @@ class Catalog:
                 results.append(VerifyResult(record.name, True, detail, record.sha256,
                                             record.sha256))  # fmt: skip
         return results
+
+
+def _checked_capabilities(capabilities: Sequence[str]) -> tuple[Capability, ...]:
+    if not capabilities:
+        raise InvalidRequest("A model must declare at least one capability.",
+                             param="capabilities")  # fmt: skip
+    unknown = [c for c in capabilities if c not in ALL_CAPABILITIES]
+    if unknown:
+        raise InvalidRequest(f"Unknown capability {', '.join(unknown)[:200]} (known: "
+                             f"{', '.join(ALL_CAPABILITIES)}).", param="capabilities")  # fmt: skip
+    return tuple(typing.cast(Capability, c) for c in dict.fromkeys(capabilities))
+
+
+def _weights_files(
+    path: Path, weights_file: str | None, aux_files: tuple[str, ...]
+) -> tuple[Path, list[str]]:
+    """The weights file and the auxiliary files (relative to its folder) of a model at ``path``."""
+    if weights_file is None:
+        if not path.is_file():
+            raise InvalidRequest(f"{path} is not a file.", param="path")
+        return path, []
+    if not path.is_dir():
+        raise InvalidRequest(f"{path} is not a folder (the engine reads a model folder).",
+                             param="path")  # fmt: skip
+    weights = path / weights_file
+    if not weights.is_file():
+        raise InvalidRequest(f"{path} has no {weights_file}.", param="path")
+    if aux_files:
+        for rel in aux_files:
+            inside = (path / rel).resolve()
+            if not inside.is_relative_to(path) or not inside.is_file():
+                raise InvalidRequest(f"{path} has no {rel}.", param="path")
+        return weights, list(aux_files)
+    others: list[str] = []
+    for entry in path.iterdir():
+        if entry.is_file() and entry.name != weights_file:
+            others.append(entry.name)
+            if len(others) > MAX_FOLDER_FILES:
+                raise InvalidRequest(f"{path} holds more than {MAX_FOLDER_FILES} files; a "
+                                     "model folder holds the model's files only.",
+                                     param="path")  # fmt: skip
+    return weights, sorted(others)

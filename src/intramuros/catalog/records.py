@@ -11,15 +11,16 @@ from pydantic import BaseModel, ConfigDict, Field
 Capability = Literal[
     "chat", "completion", "embeddings", "tools", "json", "transcription", "translation", "ocr"
 ]
-OriginKind = Literal["package", "file", "upstream"]
+OriginKind = Literal["package", "file", "upstream", "engine"]
 
 
 class Origin(BaseModel):
     """Where a model's weights came from.
 
     ``kind`` is ``package`` (a registry package: ``package`` and ``version``
-    set), ``file`` (added by an operator from ``path``) or ``upstream`` (served
-    by another server at ``url``; we hold no weights).
+    set), ``file`` (added by an operator from ``path``), ``upstream`` (served
+    by another server at ``url``; we hold no weights) or ``engine`` (computed by
+    its engine plug-in alone: no weights, no server).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -38,8 +39,9 @@ class ModelRecord(BaseModel):
     hash, checked on every load. ``aux_files`` maps further files the engine
     reads (tokenizer, config), relative to ``path``'s folder, to their
     sha256; they are checked too. ``options`` carries engine-specific
-    settings (for ``openai-upstream``: ``base_url``, ``upstream_model``,
-    ``api_key_env``, ``timeout``).
+    settings, as the engine's ``options_model`` declares them (for
+    ``openai-upstream``: ``base_url``, ``upstream_model``, ``api_key_env``,
+    ``timeout``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -65,13 +67,6 @@ class ModelRecord(BaseModel):
     def has(self, capability: Capability) -> bool:
         """True when the model declares ``capability``."""
         return capability in self.capabilities
-
-    def upstream_host(self) -> str | None:
-        """The host an upstream engine's model connects to, if any."""
-        from urllib.parse import urlsplit
-
-        base = self.options.get("base_url") if self.engine == "openai-upstream" else None
-        return urlsplit(str(base)).hostname if base else None
 
     def weights_path(self) -> Path | None:
         """The weights file as a path, if the model has local weights."""

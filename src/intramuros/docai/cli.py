@@ -8,33 +8,26 @@ metered and written to the ledger of the data dir, under ``--tenant``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
-import sys
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import click
 
+from intramuros.docai.settings import DocaiSettings
 from intramuros.errors import IntramurosError
+from intramuros.gate.tenants import Principal
+from intramuros.platform.cli import STATE_FIELDS, CliContext, context, error, settings_options
+from intramuros.platform.interface import Platform
+from intramuros.settings import Settings, load_settings, section
 
 _ENGINES = ("auto", "rapidocr", "tesseract", "none")
 _MODEL_OF = {"auto": "intramuros-ocr", "rapidocr": "rapidocr", "tesseract": "tesseract",
              "none": "text-layer"}  # fmt: skip
-_SETTINGS = ("data_dir", "database_url", "config", "ledger_key_file", "n_ctx",
-             "docai_max_pages", "docai_max_pixels", "docai_extract_model")  # fmt: skip
-
-
-def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    from intramuros.cli import settings_options
-
-    return settings_options(*_SETTINGS)(func)
-
-
-def _error(message: str) -> None:
-    click.echo("error: " + " ".join(message.split()), err=True)
-    sys.exit(1)
+_settings_options = settings_options(*STATE_FIELDS, "n_ctx", "docai_max_pages",
+                                     "docai_max_pixels", "docai_extract_model")  # fmt: skip
 
 
 def bundled_schemas() -> list[str]:
@@ -70,62 +63,53 @@ def load_schema(value: str) -> tuple[dict[str, Any], str]:
 
 
 def _reader_args(engine: str, languages: str | None, pages: str | None,
-                 settings: Any) -> dict[str, Any]:  # fmt: skip
+                 settings: Settings) -> dict[str, Any]:  # fmt: skip
     from intramuros.docai.batch import language_list, parse_pages
 
+    config = section(settings, DocaiSettings)
     try:
-        page_list = parse_pages(pages, settings.docai_max_pages)
+        page_list = parse_pages(pages, config.docai_max_pages)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--pages") from None
     return {"ocr": engine, "languages": language_list(languages), "pages": page_list,
-            "max_pages": settings.docai_max_pages,
-            "max_pixels": settings.docai_max_pixels}  # fmt: skip
+            "max_pages": config.docai_max_pages,
+            "max_pixels": config.docai_max_pixels}  # fmt: skip
 
 
-def _load_settings(options: dict[str, Any]) -> Any:
-    from intramuros.settings import load_settings
-
+def _load_settings(options: dict[str, Any]) -> Settings:
     return load_settings(**options, preload_models=[])
 
 
 class _Gate:
-    """An in-process core service for the chat calls of extraction (metered, ledgered)."""
+    """The platform in this process, for the chat calls of extraction (metered, ledgered)."""
 
-    def __init__(self, settings: Any, tenant: str) -> None:
-        from intramuros.gate.tenants import Principal
-        from intramuros.serving.service import InferenceService
-
-        self.core = InferenceService(settings)
+    def __init__(self, ctx: CliContext, settings: Settings, tenant: str) -> None:
+        self.opening = ctx.open(settings)
+        self.model = section(settings, DocaiSettings).docai_extract_model
         self.who = Principal(tenant=tenant, key_id=None, role="admin")
+        self._platform: Platform | None = None
 
     async def __aenter__(self) -> _Gate:
-        import asyncio
-        import dataclasses
-
-        from intramuros.errors import NotFound
-        from intramuros.gate.tables import IMPLICIT_TENANTS
-
-        await self.core.start()
-        name = self.who.tenant
+        platform = await self.opening.__aenter__()
         try:
             # Records are kept under the tenant's id, not its name.
-            tenant_id = await asyncio.to_thread(self.core.tenants.resolve, name)
-        except NotFound:
-            if name not in IMPLICIT_TENANTS:
-                await self.core.close()
-                raise
-            tenant_id = name
-        self.who = dataclasses.replace(self.who, tenant=tenant_id, tenant_name=name)
+            tenant_id = await asyncio.to_thread(platform.tenant_id, self.who.tenant)
+        except BaseException as exc:
+            await self.opening.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        self.who = dataclasses.replace(self.who, tenant=tenant_id, tenant_name=self.who.tenant)
+        self._platform = platform
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.core.close()
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.opening.__aexit__(*exc)
 
     async def extract(self, result: Any, schema: dict[str, Any], name: str) -> dict[str, Any]:
         from intramuros.docai.extract import extract
 
-        found = await extract(self.core, self.who, [p.markdown for p in result.pages], schema,
-                              model=self.core.settings.docai_extract_model, name=name)  # fmt: skip
+        assert self._platform is not None
+        found = await extract(self._platform, self.who, [p.markdown for p in result.pages],
+                              schema, model=self.model, name=name)  # fmt: skip
         return found.to_json()
 
 
@@ -170,8 +154,7 @@ def ocr_cmd(file: Path, engine: str, languages: str | None, pages: str | None, a
         args = _reader_args(engine, languages, pages, settings)
         result = pipeline.read_document(file.read_bytes(), filename=file.name, **args)
     except IntramurosError as exc:
-        _error(exc.message)
-        return
+        error(exc.message)
     if as_json:
         response = to_response(result, _MODEL_OF[engine], include_images=False)
         click.echo(response.model_dump_json(indent=2))
@@ -200,6 +183,7 @@ def extract_cmd(file: Path, schema_ref: str, engine: str, languages: str | None,
     from intramuros.docai import pipeline
 
     schema, name = load_schema(schema_ref)
+    ctx = context()
     try:
         settings = _load_settings(options)
         args = _reader_args(engine, languages, pages, settings)
@@ -207,13 +191,12 @@ def extract_cmd(file: Path, schema_ref: str, engine: str, languages: str | None,
         result = pipeline.read_document(data, filename=file.name, **args)
 
         async def run() -> dict[str, Any]:
-            async with _Gate(settings, tenant) as gate:
+            async with _Gate(ctx, settings, tenant) as gate:
                 return await gate.extract(result, schema, name)
 
         out = asyncio.run(run())
     except IntramurosError as exc:
-        _error(exc.message)
-        return
+        error(exc.message)
     out["document"] = {"filename": file.name, "sha256": hashlib.sha256(data).hexdigest(),
                        "pages": [p.index for p in result.pages],
                        "methods": [p.method for p in result.pages]}  # fmt: skip
@@ -250,12 +233,12 @@ def batch_cmd(input_dir: Path, out_dir: Path, workers: int, schema_ref: str | No
     from intramuros.docai.batch import ERRORS_FILE, BatchOptions, run_batch
 
     schema, name = load_schema(schema_ref) if schema_ref else (None, "document")
+    ctx = context()
     try:
         settings = _load_settings(options)
         args = _reader_args(engine, languages, pages, settings)
     except IntramurosError as exc:
-        _error(exc.message)
-        return
+        error(exc.message)
     if out_dir.resolve() == input_dir.resolve():
         raise click.BadParameter("must differ from INPUT_DIR", param_hint="--out")
     opts = BatchOptions(ocr=args["ocr"], model=_MODEL_OF[engine], languages=args["languages"],
@@ -279,7 +262,7 @@ def batch_cmd(input_dir: Path, out_dir: Path, workers: int, schema_ref: str | No
         if schema is None:
             return await run_batch(input_dir, out_dir, opts, on_start=started,
                                    on_progress=advanced)  # fmt: skip
-        async with _Gate(settings, tenant) as gate:
+        async with _Gate(ctx, settings, tenant) as gate:
 
             async def extractor(result: Any) -> dict[str, Any]:
                 return await gate.extract(result, schema, name)
@@ -291,12 +274,11 @@ def batch_cmd(input_dir: Path, out_dir: Path, workers: int, schema_ref: str | No
         with progress:
             summary = asyncio.run(run())
     except IntramurosError as exc:
-        _error(exc.message)
-        return
+        error(exc.message)
     click.echo(
         f"{summary.done} document(s), {summary.pages} page(s) in {summary.seconds:.1f} s: "
         f"{summary.pages_per_second:.2f} pages/s; {summary.skipped} already done; "
         f"{summary.failed} failed"
     )
     if summary.failed:
-        _error(f"{summary.failed} document(s) failed; see {out_dir / ERRORS_FILE}")
+        error(f"{summary.failed} document(s) failed; see {out_dir / ERRORS_FILE}")

@@ -1,6 +1,6 @@
 """Structured extraction: a document's text into the caller's JSON schema, with pages.
 
-The OCR'd text goes to a chat model through the gate (``core.chat``: metered,
+The OCR'd text goes to a chat model through the gate (``platform.chat``: metered,
 quota-checked, under the tenant's personal-data policy, written to the
 ledger) with ``response_format`` set to the schema, so decoding is
 grammar-constrained and the answer parses and validates. We still validate
@@ -25,13 +25,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from intramuros.api import protocol as p
 from intramuros.errors import ContextLengthExceeded, InvalidRequest
 from intramuros.files.errors import ExtractionFailed
+from intramuros.protocol import openai as p
 
 if TYPE_CHECKING:
     from intramuros.gate.tenants import Principal
-    from intramuros.serving.service import InferenceService
+    from intramuros.platform.interface import Platform
 
 MAX_SCHEMA_CHARS = 20_000
 _SYSTEM = (
@@ -99,7 +99,7 @@ def _messages(text: str, instructions: str | None) -> list[Any]:
 
 
 async def extract(
-    core: InferenceService,
+    core: Platform,
     who: Principal,
     page_texts: Sequence[str],
     schema: dict[str, Any],

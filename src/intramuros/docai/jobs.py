@@ -29,20 +29,20 @@ import os
 import secrets
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
 from intramuros.docai import protocol as dp
 from intramuros.docai.control import ReadControl
 from intramuros.docai.errors import ReadCancelled, ServerStopping
+from intramuros.docai.options import OcrOptions
 from intramuros.docai.tables import docai_job_items, docai_jobs
 from intramuros.errors import IntramurosError, NotFound
+from intramuros.files.store import FileStore
 from intramuros.gate.tenants import Principal
 from intramuros.ledger.chain import canonical_json
-
-if TYPE_CHECKING:
-    from intramuros.docai.service import DocaiService
+from intramuros.platform.interface import Platform
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,39 @@ class JobNotFound(NotFound):
     code = "job_not_found"
 
 
+class JobHost(Protocol):
+    """What the runner needs of the document service that owns it."""
+
+    @property
+    def platform(self) -> Platform:
+        """The platform (tables, keys)."""
+        ...
+
+    @property
+    def files(self) -> FileStore:
+        """The file store the jobs' inputs and results are kept in."""
+        ...
+
+    def options(self, req: dp.OCRJobRequest) -> OcrOptions:
+        """A job's checked options."""
+        ...
+
+    def control(self, filename: str) -> ReadControl:
+        """A new read's cancel flag and work-time budget."""
+        ...
+
+    async def process(self, who: Principal, data: bytes, *, filename: str, opts: OcrOptions,
+                      source: str, control: ReadControl | None = None) -> dp.OCRResponse:
+        """Read one document as a metered call of ``who``."""
+        ...
+
+
 class JobRunner:
     """Submits, lists, cancels and runs a service's OCR jobs."""
 
-    def __init__(self, service: DocaiService) -> None:
+    def __init__(self, service: JobHost) -> None:
         self.service = service
-        self.db = service.core.db
+        self.db = service.platform.tables
         self.worker = f"{socket.gethostname()[:30]}:{os.getpid()}:{secrets.token_hex(3)}"
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
@@ -246,15 +273,7 @@ class JobRunner:
 
     def _principal(self, tenant: str, key_id: str | None) -> Principal | None:
         """The submitting key as it is now (None if revoked or expired)."""
-        if key_id is None:
-            return Principal(tenant=tenant, key_id=None, role="admin")
-        now = time.time()
-        for info in self.service.core.tenants.keys(tenant):
-            if info.id == key_id and info.revoked_at is None and (
-                    info.expires_at is None or info.expires_at > now):  # fmt: skip
-                return Principal(tenant=tenant, key_id=info.id, role=info.role,
-                                 models=info.models, limits=info.limits)  # fmt: skip
-        return None
+        return self.service.platform.key_principal(tenant, key_id)
 
     def _set(self, job_id: str, **values: Any) -> str:
         """Update the job (and its heartbeat); return its status as stored now."""

@@ -29,17 +29,27 @@ How a page is read:
 * With ``ocr="none"`` a page without a usable text layer returns whatever
   text layer it has (maybe empty) with ``confidence`` = its text quality.
 
-Choosing the OCR engine with ``ocr="auto"``: by script. Greek goes to
-Tesseract, because RapidOCR's bundled models read no Greek: when ``ell`` or
-``grc`` is among ``languages`` (run with exactly those), or, with no
-``languages``, when the document is found to be Greek (a Greek text layer on
-an earlier page, or a first RapidOCR pass whose letters are mostly Greek:
-its alphabet has some Greek, enough to tell the script) (run with
-``grc+ell+eng``). Anything else goes to RapidOCR, the more accurate of the
-two on Latin scripts in our benchmark (Tesseract is several times faster:
-ask for it with ``ocr="tesseract"``; its default language is then
-``eng``). ``languages`` other than Greek do not change RapidOCR, which reads
-all Latin-script languages with one model.
+OCR backends are plug-ins (:mod:`intramuros.docai.ocr`, entry-point group
+``intramuros.ocr``): ``ocr`` is ``auto``, ``none`` or the name of one
+(``rapidocr``, ``tesseract``, or a third party's); ``languages`` are the codes
+the installed backends declare. Choosing the backend with ``ocr="auto"``: by
+script and language (:func:`intramuros.docai.ocr.choose`), among the installed
+backends. With ``languages``: the one that reads them all and prefers their
+scripts most (run with exactly those). Without: the one preferred for the
+document's script when it is known (a text layer on an earlier page, or an
+earlier OCR pass, over ``SCRIPT_SHARE`` of its letters in a script other
+than Latin), run with its default languages for that script; otherwise a
+first pass with the one preferred for Latin, and if what it read is mostly
+another script, the page is read again by the one preferred for that script.
+With ours that gives: Greek goes to Tesseract (``grc+ell+eng``, or exactly
+the Greek ``languages`` given), because RapidOCR's bundled models read no
+Greek (its alphabet has some Greek letters, enough to tell the script);
+anything else goes to RapidOCR, the more accurate of the two on Latin
+scripts in our benchmark (Tesseract is several times faster: ask for it with
+``ocr="tesseract"``; its default language is then ``eng``). A backend that
+cannot run here (not installed) is passed by for the next; asked for by name
+it is a 503 naming what to install. ``languages`` other than Greek do not
+change RapidOCR, which reads all Latin-script languages with one model.
 
 All text is NFC; U+00B5 in Greek text becomes U+03BC.
 
@@ -74,9 +84,10 @@ import statistics
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from intramuros.docai import images as imgs
+from intramuros.docai import ocr as backends
 from intramuros.docai import pdf as pdfmod
 from intramuros.docai.errors import (
     InvalidOcrOption,
@@ -93,12 +104,13 @@ from intramuros.docai.layout import (
     layout_markdown,
     table_box,
 )
-from intramuros.docai.ocr_tesseract import GREEK, LANGUAGES, OcrPage, greek_share
+from intramuros.docai.ocr import OcrPage
 
 if TYPE_CHECKING:
     from PIL import Image
 
-OcrEngine = Literal["auto", "rapidocr", "tesseract", "none"]
+# "auto", "none", or the name of an OCR backend plug-in (see intramuros.docai.ocr).
+OcrEngine = str
 # Called between pages and between the steps of a page; raises to stop the read.
 Checkpoint = Callable[[], None]
 # Most pixels of one page image. A page being OCR'd costs about 15 bytes per
@@ -106,12 +118,6 @@ Checkpoint = Callable[[], None]
 # rules), so this bounds one page's memory to a few hundred MB; an A4 page at
 # 300 dpi is 8.7 M pixels, A3 17.4 M.
 DEFAULT_MAX_PIXELS = 25_000_000
-ENGINES = ("auto", "rapidocr", "tesseract", "none")
-# Greek pages in auto mode: polytonic model first, then modern Greek, then
-# English for the Latin bits (numbers, percent signs, names): the best mean
-# CER over our modern and ancient Greek pages.
-AUTO_GREEK = ("grc", "ell", "eng")
-GREEK_SHARE = 0.3  # of the letters: above it a page is Greek
 # Under this OCR confidence the page's orientation is checked (Tesseract OSD)
 # and, if it is sideways or upside down, the page is turned and read again.
 # Upright pages score 0.85-1.0 here; upside-down ones 0.35 (Tesseract) to 0.7.
@@ -215,19 +221,21 @@ def open_document(
     any worker thread, one at a time) and must call ``doc.close()``. Opening
     checks the options, the type, the page count and the pages asked for.
     """
-    if ocr not in ENGINES:
-        raise InvalidOcrOption(filename, f"unknown OCR engine '{ocr}'; use one of "
-                               f"{', '.join(ENGINES)}", param="ocr")
+    choices = ocr_choices()
+    if ocr not in choices:
+        raise InvalidOcrOption(filename, f"unknown OCR engine '{str(ocr)[:64]}'; use one of "
+                               f"{', '.join(choices)}", param="ocr")
     if not 50 <= ocr_dpi <= 600:
         raise InvalidOcrOption(filename, f"ocr_dpi must be between 50 and 600, not {ocr_dpi}",
                                param="ocr_dpi")
     if not isinstance(data, bytes):
         data = bytes(data)  # bytearray, memoryview
     langs = list(languages or [])
+    known = backends.languages()
     for lang in langs:
-        if lang not in LANGUAGES:
-            raise InvalidOcrOption(filename, f"unknown OCR language '{lang}'; known: "
-                                   f"{', '.join(LANGUAGES)}", param="languages")
+        if lang not in known:
+            raise InvalidOcrOption(filename, f"unknown OCR language '{str(lang)[:64]}'; known: "
+                                   f"{', '.join(known)}", param="languages")
     mime = imgs.sniff(data, filename)
     reader = _Reader(filename, ocr, langs, max_pixels, include_images, checkpoint)
     doc = OpenDocument(data, mime, reader, ocr_dpi)
@@ -241,6 +249,11 @@ def open_document(
         doc.close()
         raise
     return doc
+
+
+def ocr_choices() -> list[str]:
+    """The values of the ``ocr`` option: ``auto``, ``none`` and every registered backend."""
+    return ["auto", *backends.names(), "none"]
 
 
 class OpenDocument:
@@ -356,9 +369,11 @@ class _Reader:
         self.max_pixels = max_pixels
         self.include_images = include_images
         self.checkpoint = checkpoint
-        # The document's script, once known (from a text layer or a first OCR
-        # pass): later pages of a Greek document go straight to Tesseract.
-        self.greek = False
+        # The document's script other than Latin, once known (from a text layer or an
+        # OCR pass): later pages of a Greek document go straight to Tesseract.
+        self.script: str | None = None
+        # Backends that could not run here (OcrUnavailable): auto passes them by.
+        self.failed: frozenset[str] = frozenset()
 
     def check(self) -> None:
         if self.checkpoint is not None:
@@ -371,8 +386,8 @@ class _Reader:
         box_w, box_h = pdfmod.page_size(doc, i)
         w, h = (box_w, box_h) if tp is None else (tp.width, tp.height)
         if tp is not None and (tp.usable or self.ocr == "none"):
-            if tp.usable and greek_share(tp.text) >= GREEK_SHARE:
-                self.greek = True
+            if tp.usable:
+                self.script = backends.text_script(tp.text) or self.script
             md = pdfmod.text_markdown(tp)
             images: list[PageImage] = []
             if self.include_images and tp.images:
@@ -425,50 +440,43 @@ class _Reader:
                           language=page.language)
 
     def _run_ocr(self, image: Image.Image, dpi: int) -> tuple[str, OcrPage]:
-        from intramuros.docai import ocr_rapid, ocr_tesseract
-
-        def tesseract(langs: list[str]) -> tuple[str, OcrPage]:
-            # A 3x3 median filter removes scanner dust, which Tesseract reads
-            # as punctuation (CER on our 300 dpi scans: 0.013 -> 0.000); at
-            # low resolution it would erase thin strokes, so only from 200 dpi.
-            from PIL import ImageFilter
-
-            clean = image.filter(ImageFilter.MedianFilter(3)) if dpi >= 200 else image
-            self.check()
-            return "tesseract", ocr_tesseract.ocr(clean, langs, dpi, self.filename,
-                                                  checkpoint=self.checkpoint)
-
-        if self.ocr == "tesseract":
-            return tesseract(self.langs or ["eng"])
-
-        def rapid() -> tuple[str, OcrPage]:
-            if self.ocr == "auto":
-                try:
-                    return "rapidocr", ocr_rapid.ocr(image)
-                except OcrUnavailable:
-                    return tesseract(self.langs or ["eng"])
-            return "rapidocr", ocr_rapid.ocr(image)
-
-        if self.ocr == "rapidocr":
-            return rapid()
-        # auto: the script decides. RapidOCR reads Latin scripts best (see the
-        # benchmark) but no Greek; Tesseract has Greek models.
+        if self.ocr != "auto":
+            chosen = backends.backend(self.ocr)
+            langs = self.langs or chosen.default_languages(backends.LATIN)
+            return chosen.name, chosen.read(image, dpi, langs, self.checkpoint)
         if self.langs:
-            if any(lang in GREEK for lang in self.langs):
-                return tesseract(self.langs)
-            return rapid()
-        if not self.greek:
+            return self._auto(backends.LATIN, image, dpi, self.langs)
+        script = self.script
+        if script is not None and backends.choose(script, (), self.failed) is not None:
+            return self._auto(script, image, dpi, [])
+        # Script unknown: read as Latin, then look at what came out. RapidOCR's
+        # alphabet has some Greek letters: a Greek page comes out as broken
+        # Greek, which is enough to tell the script.
+        name, first = self._auto(backends.LATIN, image, dpi, [])
+        found = backends.text_script(" ".join(b.text for b in first.boxes))
+        better = backends.choose(found, (), self.failed) if found is not None else None
+        if found is None or better is None:
+            return name, first
+        self.script = found
+        if better.name == name and (better.default_languages(found)
+                                    == better.default_languages(backends.LATIN)):  # fmt: skip
+            return name, first
+        self.check()
+        return self._auto(found, image, dpi, [])
+
+    def _auto(self, script: str, image: Image.Image, dpi: int,
+              langs: list[str]) -> tuple[str, OcrPage]:  # fmt: skip
+        """Read with the backend ``auto`` picks for ``script``/``langs``; the next one when
+        it cannot run here (``OcrUnavailable``), remembered for the rest of the document."""
+        last: OcrUnavailable | None = None
+        while (chosen := backends.choose(script, langs, self.failed)) is not None:
             try:
-                first = ocr_rapid.ocr(image)
-            except OcrUnavailable:  # no RapidOCR here: Tesseract reads Latin too
-                return tesseract(["eng"])
-            # RapidOCR's alphabet has some Greek letters: a Greek page comes
-            # out as broken Greek, which is enough to tell the script.
-            self.greek = greek_share(" ".join(b.text for b in first.boxes)) >= GREEK_SHARE
-            if not self.greek:
-                return "rapidocr", first
-            self.check()
-        return tesseract(list(AUTO_GREEK))
+                return chosen.name, chosen.read(
+                    image, dpi, langs or chosen.default_languages(script), self.checkpoint)
+            except OcrUnavailable as exc:
+                self.failed |= {chosen.name}
+                last = exc
+        raise last or backends.missing(script, langs)
 
 
 def ocr_markdown(image: Image.Image, page: OcrPage, dpi: int) -> str:

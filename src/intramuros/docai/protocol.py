@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from intramuros.api.protocol import ResponseFormat
+from intramuros.protocol.base import Request, Wire
+from intramuros.protocol.openai import ResponseFormat
 
 # Bounds of ``pages`` before anything is parsed (a document never has more than
 # ``docai_max_pages`` pages anyway): the list form's length, the string form's
@@ -39,20 +40,12 @@ PURPOSES = (
 )  # fmt: skip
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
 # --------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------
 
 
-class FileObject(_Wire):
+class FileObject(Wire):
     """OpenAI's File object (Mistral reads the same fields); ``sha256`` is ours."""
 
     id: str
@@ -72,7 +65,7 @@ class FileObject(_Wire):
     deleted: bool = False
 
 
-class FileList(_Wire):
+class FileList(Wire):
     """``GET /v1/files``: OpenAI's cursor page, with Mistral's ``total``."""
 
     object: Literal["list"] = "list"
@@ -83,7 +76,7 @@ class FileList(_Wire):
     total: int
 
 
-class FileDeleted(_Wire):
+class FileDeleted(Wire):
     """``DELETE /v1/files/{id}``."""
 
     id: str
@@ -96,7 +89,7 @@ class FileDeleted(_Wire):
 # --------------------------------------------------------------------------
 
 
-class DocumentURLChunk(_Request):
+class DocumentURLChunk(Request):
     """A document as a ``data:`` URL (PDF or image); http(s) URLs are refused."""
 
     type: Literal["document_url"]
@@ -104,21 +97,21 @@ class DocumentURLChunk(_Request):
     document_name: str | None = None
 
 
-class ImageURL(_Request):
+class ImageURL(Request):
     """``image_url`` as an object."""
 
     url: str
     detail: str | None = None
 
 
-class ImageURLChunk(_Request):
+class ImageURLChunk(Request):
     """An image as a ``data:`` URL."""
 
     type: Literal["image_url"]
     image_url: ImageURL | str
 
 
-class FileChunk(_Request):
+class FileChunk(Request):
     """A file uploaded to ``/v1/files`` earlier (by this tenant)."""
 
     type: Literal["file"]
@@ -128,7 +121,7 @@ class FileChunk(_Request):
 Document = Annotated[DocumentURLChunk | ImageURLChunk | FileChunk, Field(discriminator="type")]
 
 
-class OCRRequest(_Request):
+class OCRRequest(Request):
     """``POST /v1/ocr``: Mistral's request, plus ``languages`` (Tesseract codes)."""
 
     model: str | None = None
@@ -151,7 +144,7 @@ class OCRRequest(_Request):
     _pages = field_validator("pages", mode="before")(bounded_pages)
 
 
-class OCRImage(_Wire):
+class OCRImage(Wire):
     """An image found on a page."""
 
     id: str
@@ -162,7 +155,7 @@ class OCRImage(_Wire):
     image_base64: str | None = None
 
 
-class OCRDimensions(_Wire):
+class OCRDimensions(Wire):
     """The page's size in pixels at ``dpi``."""
 
     dpi: int
@@ -170,7 +163,7 @@ class OCRDimensions(_Wire):
     width: int
 
 
-class OCRPage(_Wire):
+class OCRPage(Wire):
     """One page read: Mistral's fields, plus ``confidence``, ``method`` and ``language``."""
 
     index: int
@@ -186,14 +179,14 @@ class OCRPage(_Wire):
     language: str | None = None
 
 
-class OCRUsage(_Wire):
+class OCRUsage(Wire):
     """``usage_info``."""
 
     pages_processed: int
     doc_size_bytes: int
 
 
-class OCRResponse(_Wire):
+class OCRResponse(Wire):
     """The answer of ``POST /v1/ocr``.
 
     ``document_annotation`` is a JSON string (as Mistral's); the extra
@@ -216,7 +209,7 @@ class OCRResponse(_Wire):
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelling", "cancelled"]
 
 
-class OCRJobRequest(_Request):
+class OCRJobRequest(Request):
     """A batch of this tenant's files to read, with the options of ``/v1/ocr``."""
 
     model: str | None = None
@@ -231,7 +224,7 @@ class OCRJobRequest(_Request):
     _pages = field_validator("pages", mode="before")(bounded_pages)
 
 
-class RequestCounts(_Wire):
+class RequestCounts(Wire):
     """How many of a job's files are done."""
 
     total: int
@@ -240,7 +233,7 @@ class RequestCounts(_Wire):
     failed: int
 
 
-class OCRJob(_Wire):
+class OCRJob(Wire):
     """A batch job and its progress."""
 
     id: str
@@ -257,7 +250,7 @@ class OCRJob(_Wire):
     metadata: dict[str, str] | None = None
 
 
-class OCRJobList(_Wire):
+class OCRJobList(Wire):
     """``GET /v1/batch/ocr``."""
 
     object: Literal["list"] = "list"
@@ -265,7 +258,7 @@ class OCRJobList(_Wire):
     has_more: bool = False
 
 
-class OCRJobResult(_Wire):
+class OCRJobResult(Wire):
     """The outcome for one file of a job."""
 
     index: int
@@ -275,7 +268,7 @@ class OCRJobResult(_Wire):
     error: dict[str, Any] | None = None
 
 
-class OCRJobResults(_Wire):
+class OCRJobResults(Wire):
     """``GET /v1/batch/ocr/{id}/results``."""
 
     object: Literal["list"] = "list"

@@ -10,22 +10,23 @@ ran it, so an auditor sees what went and why.
 
 The server runs this on the retention schedule (``purge_interval_seconds``);
 ``intramuros purge`` runs it at once. :func:`purge_tenant` deletes every file
-and job of a deleted tenant (see :mod:`intramuros.serving.tenancy`).
+and job of a deleted tenant (the workload's purge hook, see :mod:`intramuros.docai.plugin`).
 """
 
 from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
 from intramuros.docai.tables import docai_job_items, docai_jobs
 from intramuros.files.store import FileStore
-from intramuros.gate.tenants import Tenants
-from intramuros.ledger import Ledger
-from intramuros.serving.tenancy import PurgeContext
+from intramuros.gate.policy import TenantPolicy
+from intramuros.platform.interface import Auditor
+from intramuros.platform.plugin import TenantPurge
 
 # Jobs still queued or running are left for a later purge: their runner owns them.
 _FINISHED = ("completed", "cancelled", "failed")
@@ -42,15 +43,16 @@ class Purged:
 
 
 def purge_documents(
-    tenants: Tenants,
+    policies: Mapping[str, TenantPolicy],
     store: FileStore,
-    ledger: Ledger,
+    ledger: Auditor,
     *,
     actor: str,
     tenant: str | None = None,
     now: float | None = None,
 ) -> dict[str, Purged]:
-    """Purge expired files (every tenant, or ``tenant``) and whatever is past retention.
+    """Purge expired files (every tenant, or ``tenant``) and whatever is past retention
+    under each tenant's policy (``policies``, by tenant id).
 
     Returns what was removed, by tenant (tenants that lost nothing are absent).
     """
@@ -59,8 +61,9 @@ def purge_documents(
     for name, ids in store.purge(tenant=tenant, now=moment).items():
         done.setdefault(name, Purged()).files.extend(ids)
         _ledger(ledger, name, actor, "expired", files=ids)
-    for name in [tenant] if tenant else tenants.ids():
-        days = tenants.policy(name).retention_days
+    for name in [tenant] if tenant else sorted(policies):
+        policy = policies.get(name)
+        days = policy.retention_days if policy is not None else None
         if days is None:
             continue
         cutoff = moment - days * 86400
@@ -89,7 +92,7 @@ def _purge_jobs(store: FileStore, tenant: str, cutoff: float) -> list[str]:
 
 
 def _ledger(
-    ledger: Ledger, tenant: str, actor: str, reason: str, *, files: list[str],
+    ledger: Auditor, tenant: str, actor: str, reason: str, *, files: list[str],
     jobs: list[str] | None = None, older_than: float | None = None,
 ) -> None:  # fmt: skip
     jobs = jobs or []
@@ -102,11 +105,11 @@ def _ledger(
         })  # fmt: skip
 
 
-def purge_tenant(ctx: PurgeContext, tenant: str) -> dict[str, int]:
+def purge_tenant(ctx: TenantPurge, tenant: str) -> dict[str, int]:
     """Delete every file (rows and ciphertexts) and every OCR job of a deleted tenant."""
-    store = FileStore.from_settings(ctx.settings, ctx.db)
+    store = FileStore.from_settings(ctx.settings, ctx.tables)
     gone = store.purge(tenant=tenant, created_before=time.time() + 1).get(tenant, [])
-    with ctx.db.begin() as conn:
+    with ctx.tables.begin() as conn:
         ids = [r[0] for r in conn.execute(
             sa.select(docai_jobs.c.id).where(docai_jobs.c.tenant == tenant))]
         for start in range(0, len(ids), _IDS_PER_RECORD):
@@ -115,5 +118,5 @@ def purge_tenant(ctx: PurgeContext, tenant: str) -> dict[str, int]:
             conn.execute(docai_jobs.delete().where(docai_jobs.c.id.in_(chunk)))
     # Whatever else lies in the tenant's directory (a write cut short) goes with it.
     shutil.rmtree(store.root / tenant, ignore_errors=True)
-    _ledger(ctx.ledger, tenant, ctx.actor, "tenant_deleted", files=gone, jobs=ids)
+    _ledger(ctx.auditor, tenant, ctx.actor, "tenant_deleted", files=gone, jobs=ids)
     return {"files": len(gone), "ocr_jobs": len(ids)}

@@ -1,10 +1,10 @@
 """The document-AI workload's service: Files API, ``/v1/ocr`` and OCR batch jobs.
 
-Built once per app from the core service. Every document read is a metered
-call of the gate (``core.begin_call(who, "/v1/ocr", model)`` ... ``end_call``,
+Built once per app from the platform. Every document read is a metered
+call of the gate (``platform.begin_call(who, "/v1/ocr", model)`` ... ``end_call``,
 pages and bytes in ``meter.extra``, the tenant's personal-data policy applied
 to the text read); structured extraction is a chat call through
-``core.chat``. Reading is CPU-bound: each page (and the opening of a
+``platform.chat``. Reading is CPU-bound: each page (and the opening of a
 document) runs in one of ``docai_concurrency`` reader threads, the slots
 shared fairly among tenants (:mod:`intramuros.docai.fair`); every read can
 be stopped between steps (:mod:`intramuros.docai.control`): its client left,
@@ -20,34 +20,30 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from intramuros.docai import pipeline
 from intramuros.docai import protocol as dp
 from intramuros.docai.control import ReadControl
 from intramuros.docai.errors import ReadCancelled, ServerStopping
-from intramuros.docai.extract import annotation_schema, extract
+from intramuros.docai.extract import extract
 from intramuros.docai.fair import FairSlots
 from intramuros.docai.jobs import JobRunner
-from intramuros.docai.pipeline import DocumentResult, OcrEngine
+from intramuros.docai.options import OcrOptions, ocr_options
+from intramuros.docai.pipeline import DocumentResult
 from intramuros.docai.retention import purge_documents
-from intramuros.docai.sources import (
-    decode_data_url,
-    document_source,
-    ocr_engine,
-    page_list,
-    to_response,
-    usage_extra,
-)
+from intramuros.docai.settings import DocaiSettings
+from intramuros.docai.sources import decode_data_url, document_source, to_response, usage_extra
 from intramuros.errors import IntramurosError, InvalidRequest
 from intramuros.files.errors import DocumentUnreadable, FileTooLarge
 from intramuros.files.names import clean_mime, safe_filename, sniff_mime
+from intramuros.files.settings import FilesSettings
 from intramuros.files.store import FileRecord, FileStore
 from intramuros.gate import privacy
 from intramuros.gate.tenants import Principal
-from intramuros.serving.offload import run_cpu
-from intramuros.serving.service import InferenceService
+from intramuros.platform.interface import Platform
+from intramuros.platform.offload import run_cpu
+from intramuros.settings import section
 
 log = logging.getLogger(__name__)
 
@@ -55,31 +51,17 @@ _MULTIPART_SLACK = 1024 * 1024  # form fields and part headers around the file
 _CLIENT_POLL_S = 0.25  # how often a synchronous read checks that its client is still there
 
 
-@dataclass(frozen=True)
-class OcrOptions:
-    """What to do with a document: the options of one /v1/ocr request (or job)."""
-
-    model: str
-    engine: OcrEngine
-    pages: list[int] | None = None
-    include_images: bool = False
-    image_limit: int | None = None
-    image_min_size: int | None = None
-    schema: dict[str, Any] | None = None
-    schema_name: str = "document"
-    instructions: str | None = None
-    languages: list[str] | None = None
-
-
 class DocaiService:
-    """Serving logic of the docai workload; routes call it, it calls the core service."""
+    """Serving logic of the docai workload; routes call it, it calls the platform."""
 
     name = "docai"
 
-    def __init__(self, core: InferenceService) -> None:
-        self.core = core
-        self.settings = core.settings
-        limit = self.settings.files_max_bytes
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self.settings = platform.settings
+        self.config = section(platform.settings, DocaiSettings)
+        self.files_config = section(platform.settings, FilesSettings)
+        limit = self.files_config.files_max_bytes
         # Uploads and inline (base64, 4/3 larger) documents get their own body limits.
         self.body_limits: dict[str, int] = {
             "/v1/files": limit + _MULTIPART_SLACK,
@@ -88,15 +70,15 @@ class DocaiService:
         self._store: FileStore | None = None
         # Page reads: as many threads as slots, so a waiting document holds no thread
         # and the reader's per-thread OCR engines are built at most that many times.
-        self.turns = FairSlots(self.settings.docai_concurrency)
+        self.turns = FairSlots(self.config.docai_concurrency)
         self._readers = self._reader_pool()
         self._running: set[ReadControl] = set()
         self._closed = False
         self.jobs = JobRunner(self)
-        core.purge_hooks.append(self.purge)
+        platform.on_purge(self.purge)
 
     def _reader_pool(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(max_workers=self.settings.docai_concurrency,
+        return ThreadPoolExecutor(max_workers=self.config.docai_concurrency,
                                   thread_name_prefix="docai-read")  # fmt: skip
 
     async def start(self) -> None:
@@ -104,8 +86,8 @@ class DocaiService:
         if self._closed:  # started again after close (tests, an embedding app)
             self._readers, self._closed = self._reader_pool(), False
         self._store = await asyncio.to_thread(FileStore.from_settings, self.settings,
-                                              self.core.db)  # fmt: skip
-        if "ledger" not in self._store.keys.sets and self.settings.files_key_file is None:
+                                              self.platform.tables)  # fmt: skip
+        if "ledger" not in self._store.keys.sets and self.files_config.files_key_file is None:
             log.warning("stored files are encrypted with %s, kept in the data dir; give "
                         "--files-key-file or a ledger key for protection at rest",
                         self.settings.data_dir / "files.key")  # fmt: skip
@@ -122,14 +104,16 @@ class DocaiService:
         self._closed = True
 
     def purge(self, actor: str) -> None:
-        """Delete expired files, and files and jobs past retention (the core's purge hook)."""
-        purge_documents(self.core.tenants, self.files, self.core.ledger, actor=actor)
+        """Delete expired files, and files and jobs past retention (the platform's purge
+        hook; blocking)."""
+        purge_documents(self.platform.tenant_policies(), self.files, self.platform.auditor,
+                        actor=actor)  # fmt: skip
 
     @property
     def files(self) -> FileStore:
         """The file store (opened in ``start``)."""
         if self._store is None:
-            self._store = FileStore.from_settings(self.settings, self.core.db)
+            self._store = FileStore.from_settings(self.settings, self.platform.tables)
         return self._store
 
     # -- files ---------------------------------------------------------------
@@ -146,8 +130,8 @@ class DocaiService:
         if purpose not in dp.PURPOSES:
             raise InvalidRequest(f"Unknown purpose '{purpose[:64]}'; use one of "
                                  f"{', '.join(dp.PURPOSES)}.", param="purpose")  # fmt: skip
-        if len(data) > self.settings.files_max_bytes:
-            raise FileTooLarge(f"The file is over the limit of {self.settings.files_max_bytes} "
+        if len(data) > self.files_config.files_max_bytes:
+            raise FileTooLarge(f"The file is over the limit of {self.files_config.files_max_bytes} "
                                "bytes.", param="file")  # fmt: skip
         mime = sniff_mime(data) or clean_mime(content_type) or "application/octet-stream"
         record = await asyncio.to_thread(
@@ -158,10 +142,11 @@ class DocaiService:
         return dp.FileObject.model_validate(record.to_wire())
 
     def _audit(self, who: Principal, action: str, record: FileRecord) -> None:
-        self.core.ledger.append("file", tenant=who.tenant, key_id=who.key_id, subject=None,
-                                data={"action": action, "file_id": record.id,
-                                      "bytes": record.bytes, "sha256": record.sha256,
-                                      "purpose": record.purpose})  # fmt: skip
+        self.platform.auditor.append("file", tenant=who.tenant, key_id=who.key_id,
+                                     subject=None,
+                                     data={"action": action, "file_id": record.id,
+                                           "bytes": record.bytes, "sha256": record.sha256,
+                                           "purpose": record.purpose})  # fmt: skip
 
     async def list_files(
         self, who: Principal, *, purpose: str | None, limit: int, after: str | None, order: str,
@@ -197,34 +182,7 @@ class DocaiService:
 
     def options(self, req: dp.OCRRequest | dp.OCRJobRequest) -> OcrOptions:
         """Check a request's options (every refusal names its parameter)."""
-        model, engine = ocr_engine(req.model)
-        if isinstance(req, dp.OCRRequest):
-            if req.bbox_annotation_format is not None:
-                raise InvalidRequest("bbox_annotation_format is not supported here; use "
-                                     "document_annotation_format.",
-                                     param="bbox_annotation_format")  # fmt: skip
-            if req.table_format == "html":
-                raise InvalidRequest("Only table_format 'markdown' is supported.",
-                                     param="table_format")  # fmt: skip
-            if req.confidence_scores_granularity not in (None, "page"):
-                raise InvalidRequest("Only confidence_scores_granularity 'page' is supported "
-                                     "(each page has a confidence).",
-                                     param="confidence_scores_granularity")  # fmt: skip
-            for name in ("extract_header", "extract_footer"):
-                if getattr(req, name):
-                    raise InvalidRequest(f"{name} is not supported: headers and footers stay "
-                                         "in each page's markdown.", param=name)  # fmt: skip
-        found = annotation_schema(req.document_annotation_format, "document_annotation_format")
-        image_limit = req.image_limit if isinstance(req, dp.OCRRequest) else None
-        image_min = req.image_min_size if isinstance(req, dp.OCRRequest) else None
-        return OcrOptions(
-            model=model, engine=engine,
-            pages=page_list(req.pages, self.settings.docai_max_pages),
-            include_images=bool(req.include_image_base64), image_limit=image_limit,
-            image_min_size=image_min, schema=found[0] if found else None,
-            schema_name=found[1] if found else "document",
-            instructions=req.document_annotation_prompt, languages=req.languages,
-        )  # fmt: skip
+        return ocr_options(req, self.config.docai_max_pages)
 
     async def ocr(
         self, req: dp.OCRRequest, who: Principal, *,
@@ -248,7 +206,7 @@ class DocaiService:
             # Up to files_max_bytes of base64 to check and decode: not on the event loop.
             _mime, data = await run_cpu(decode_data_url, url, param=param,
                                         images_only=images_only,
-                                        max_bytes=self.settings.files_max_bytes,
+                                        max_bytes=self.files_config.files_max_bytes,
                                         inline=inline)  # fmt: skip
             name = doc.document_name if isinstance(doc, dp.DocumentURLChunk) else None
             filename, source = safe_filename(name, default="document"), "inline"
@@ -265,7 +223,7 @@ class DocaiService:
 
     def control(self, filename: str) -> ReadControl:
         """A new read's cancel flag and work-time budget (``docai_max_seconds``)."""
-        return ReadControl(filename, self.settings.docai_max_seconds)
+        return ReadControl(filename, self.config.docai_max_seconds)
 
     async def process(
         self, who: Principal, data: bytes, *, filename: str, opts: OcrOptions, source: str,
@@ -279,8 +237,8 @@ class DocaiService:
                                image_min_size=opts.image_min_size)  # fmt: skip
         if opts.schema is not None:
             found = await extract(
-                self.core, who, [page.markdown for page in result.pages], opts.schema,
-                model=self.settings.docai_extract_model, name=opts.schema_name,
+                self.platform, who, [page.markdown for page in result.pages], opts.schema,
+                model=self.config.docai_extract_model, name=opts.schema_name,
                 instructions=opts.instructions,
             )  # fmt: skip
             response.document_annotation = json.dumps(found.fields, ensure_ascii=False)
@@ -302,7 +260,7 @@ class DocaiService:
         tenant's own document), and whatever is kept in records is redacted.
         """
         control = control or self.control(filename)
-        meter, policy = await self.core.begin_call(who, "/v1/ocr", opts.model)
+        meter, policy = await self.platform.begin_call(who, "/v1/ocr", opts.model)
         self._running.add(control)
         try:
             result = await self._read_pages(who.tenant, data, filename, opts, control)
@@ -312,14 +270,13 @@ class DocaiService:
             meter.extra = usage_extra(result, source)
             decision.enforce("document")
         except IntramurosError as exc:
-            await self.core.end_call(meter, exc)
+            await self.platform.end_call(meter, exc)
             raise
         except (asyncio.CancelledError, GeneratorExit) as exc:
             # The request's task was cancelled (the server stops, a caller gave
             # up): the page being read stops at its next step.
             control.cancel(ReadCancelled(f"The read of '{filename}' was cancelled."))
-            meter.status = 499
-            await self.core.end_call(meter, exc)
+            await self.platform.end_call(meter, exc)
             raise
         except Exception as exc:
             # A reader failure it did not classify: the document made it fail, so the
@@ -327,15 +284,15 @@ class DocaiService:
             log.exception("reader failed on %s", filename)
             refusal = DocumentUnreadable(f"Cannot read '{filename}': {type(exc).__name__}.",
                                          param="document")  # fmt: skip
-            await self.core.end_call(meter, refusal)
+            await self.platform.end_call(meter, refusal)
             raise refusal from None
         finally:
             self._running.discard(control)
-        if policy.store_content and self.core.ledger.keys is not None:
+        if self.platform.keeps_content(policy):
             # Kept as the call's output, redacted by the ledger record (for_record).
             meter.keep_content = True
             meter.output = [page_text(result)]
-        await self.core.end_call(meter)
+        await self.platform.end_call(meter)
         return result
 
     async def _read_pages(self, tenant: str, data: bytes, filename: str, opts: OcrOptions,
@@ -351,7 +308,7 @@ class DocaiService:
         opener = functools.partial(
             pipeline.open_document, data, filename=filename, pages=opts.pages, ocr=opts.engine,
             languages=opts.languages, include_images=opts.include_images,
-            max_pages=self.settings.docai_max_pages, max_pixels=self.settings.docai_max_pixels,
+            max_pages=self.config.docai_max_pages, max_pixels=self.config.docai_max_pixels,
             checkpoint=control.check,
         )  # fmt: skip
         async def in_reader(func: Callable[..., Any], *args: Any) -> Any:

@@ -21,16 +21,22 @@ from intramuros.files.errors import BadDocument, FileTooLarge, InvalidPageList, 
 from intramuros.files.names import DOCUMENT_TYPES, IMAGE_TYPES, clean_mime, sniff_mime
 
 # Model names of /v1/ocr and the OCR engine each selects for pages without a
-# real text layer. ``mistral-ocr-latest`` is accepted so Mistral clients work
-# unchanged.
+# real text layer: these, and each OCR backend plug-in under its own name
+# (``rapidocr``, ``tesseract``, a third party's; see docai/ocr.py).
+# ``mistral-ocr-latest`` is accepted so Mistral clients work unchanged.
 DEFAULT_OCR_MODEL = "intramuros-ocr"
 OCR_MODELS: dict[str, OcrEngine] = {
     "intramuros-ocr": "auto",
     "mistral-ocr-latest": "auto",
-    "rapidocr": "rapidocr",
-    "tesseract": "tesseract",
     "text-layer": "none",
 }
+
+
+def ocr_models() -> dict[str, OcrEngine]:
+    """Every model name of /v1/ocr -> its OCR engine: the aliases and the registered backends."""
+    from intramuros.docai import ocr
+
+    return {**OCR_MODELS, **{name: name for name in ocr.names() if name not in OCR_MODELS}}
 
 _RANGE = re.compile(r"\s*([0-9]{1,9})\s*(?:-\s*([0-9]{1,9})\s*)?", re.ASCII)
 _REMOTE = re.compile(r"\s*(https?|ftp|file|s3|gs)://", re.IGNORECASE)
@@ -39,7 +45,7 @@ _REMOTE = re.compile(r"\s*(https?|ftp|file|s3|gs)://", re.IGNORECASE)
 def ocr_engine(model: str | None) -> tuple[str, OcrEngine]:
     """``(model name, engine)``; ``ModelNotFound`` for a name we do not serve."""
     name = model or DEFAULT_OCR_MODEL
-    engine = OCR_MODELS.get(name)
+    engine = ocr_models().get(name)
     if engine is None:
         raise ModelNotFound(name)
     return name, engine

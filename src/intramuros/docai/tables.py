@@ -1,47 +1,20 @@
-"""Tables of the document-AI area and the migration step that creates them.
+"""Tables of the document-AI area and the migration steps that create them.
 
-``files`` is the Files API's index: one row per stored file (its bytes live
-encrypted in the data dir, see :mod:`intramuros.files.store`). ``docai_jobs``
-and ``docai_job_items`` are OCR batch jobs submitted over the API: one row per
-job, one per input file, with each item's result encrypted like a file.
+``docai_jobs`` and ``docai_job_items`` are OCR batch jobs submitted over the
+API: one row per job, one per input file, with each item's result encrypted
+like a file. The Files API's ``files`` table (:mod:`intramuros.files.tables`)
+is created by this area's steps too: the Files API is part of this workload.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from intramuros.store.db import metadata
-
-
-def _files_v7_columns() -> list[sa.Column[Any]]:
-    """The ``files`` columns as migration 7 created them."""
-    return [
-        sa.Column("id", sa.String(40), primary_key=True),
-        sa.Column("tenant", sa.String(64), nullable=False),
-        sa.Column("key_id", sa.String(32), nullable=True),
-        sa.Column("filename", sa.String(255), nullable=False),
-        sa.Column("purpose", sa.String(32), nullable=False),
-        sa.Column("bytes", sa.BigInteger, nullable=False),
-        sa.Column("sha256", sa.String(64), nullable=False),
-        sa.Column("mime_type", sa.String(100), nullable=False),
-        sa.Column("created_at", sa.Float, nullable=False),
-        sa.Column("key_version", sa.String(50), nullable=False),
-    ]
-
-
-files = sa.Table(
-    "files",
-    metadata,
-    *_files_v7_columns(),
-    # Added by migration 9: when the file expires (OpenAI's expires_after), else NULL.
-    sa.Column("expires_at", sa.Float, nullable=True),
-    sa.Index("ix_files_tenant_created", "tenant", "created_at"),
-    sa.Index("ix_files_expires", "expires_at"),
-)
+from intramuros.files.tables import files_v7_columns
+from intramuros.store.db import Migration, area_steps, metadata
 
 docai_jobs = sa.Table(
     "docai_jobs",
@@ -86,7 +59,7 @@ def _create_tables(conn: Connection) -> None:
     # A private copy, as the store's own steps do: a later step that alters these
     # tables must not change what this one created.
     frozen = sa.MetaData()
-    sa.Table("files", frozen, *_files_v7_columns(),
+    sa.Table("files", frozen, *files_v7_columns(),
              sa.Index("ix_files_tenant_created", "tenant", "created_at")).create(conn)  # fmt: skip
     for table in (docai_jobs, docai_job_items):
         table.to_metadata(frozen).create(conn)
@@ -105,3 +78,11 @@ def expiry_steps() -> list[tuple[str, Callable[[Connection], None]]]:
         conn.execute(sa.text("CREATE INDEX ix_files_expires ON files (expires_at)"))
 
     return [("files expire", add_expiry)]
+
+
+def migrations() -> list[Migration]:
+    """The document workload's steps."""
+    return area_steps("docai", 100, [
+        ("files and document jobs", [a for _n, a in migration_steps()]),
+        ("files expire", [a for _n, a in expiry_steps()]),
+    ])  # fmt: skip

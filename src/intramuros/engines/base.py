@@ -16,15 +16,24 @@ from __future__ import annotations
 
 import abc
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import AnyUrl, BaseModel, ValidationError
 
 if TYPE_CHECKING:
     from intramuros.catalog.records import ModelRecord
     from intramuros.settings import Settings
 
 FinishReason = Literal["stop", "length", "tool_calls", "cancelled"]
+# What ``intramuros models add --engine NAME [PATH]`` takes as PATH: nothing (a remote or
+# synthetic model), one weights file, or a folder (see ``Engine.weights``).
+WeightsKind = Literal["none", "file", "directory"]
+# Bounds on the options of one model: the catalogue stores them as given.
+MAX_OPTIONS = 64
+MAX_OPTION_KEY = 64
+MAX_OPTION_VALUE = 4096
 
 
 @dataclass(frozen=True)
@@ -178,6 +187,99 @@ class Engine(abc.ABC):
     # the serving layer then leaves context-window checks to the engine.
     counts_tokens: ClassVar[bool] = True
 
+    # -- what the catalogue records for a model of this engine ----------------
+    # (``intramuros models add --engine NAME [PATH] --option key=value ...``;
+    # ``intramuros models engines`` lists them; docs/plugins.md)
+
+    # The options a model of this engine takes: a pydantic model whose fields are
+    # the option keys (forbid extra keys); None: it takes none. Options that are
+    # URLs (pydantic ``AnyUrl``, ``HttpUrl``...) name the hosts the engine may
+    # reach: the egress guard allows exactly those (see ``egress_hosts``).
+    options_model: ClassVar[type[BaseModel] | None] = None
+    # PATH: "none" (no local weights), "file" (the weights file) or "directory"
+    # (a folder: ``weights_file`` inside it is the weights; ``aux_files`` the other
+    # files the engine reads, or, when empty, every other file at its top level).
+    # Every file is hashed into the record and re-hashed on each load.
+    weights: ClassVar[WeightsKind] = "none"
+    weights_file: ClassVar[str | None] = None
+    aux_files: ClassVar[tuple[str, ...]] = ()
+    weights_format: ClassVar[str] = "remote"
+    # What a model of this engine can serve (catalogue capabilities: chat,
+    # completion, embeddings, tools, json, transcription, translation, ocr); a
+    # model added without --capabilities declares all of them.
+    capabilities: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def check_options(cls, given: Mapping[str, Any]) -> dict[str, Any]:
+        """``given`` checked against :attr:`options_model`: the options to record.
+
+        Values may be strings (from the command line): the model converts them.
+        Returns the options that were given, converted and normalised (JSON
+        values). Raises ``InvalidRequest`` naming the option (``param``
+        ``options.<key>``) for an unknown key, a missing required one or a bad
+        value; the value itself is never echoed.
+        """
+        from intramuros.errors import InvalidRequest
+
+        if len(given) > MAX_OPTIONS:
+            raise InvalidRequest(f"At most {MAX_OPTIONS} options may be given.", param="options")
+        for key, value in given.items():
+            if not isinstance(key, str) or not 0 < len(key) <= MAX_OPTION_KEY:
+                raise InvalidRequest(f"An option name is 1-{MAX_OPTION_KEY} characters.",
+                                     param="options")  # fmt: skip
+            if isinstance(value, str) and len(value) > MAX_OPTION_VALUE:
+                raise InvalidRequest(
+                    f"Option '{key}' is over {MAX_OPTION_VALUE} characters.",
+                    param=f"options.{key}",
+                )
+        model = cls.options_model
+        if model is None:
+            if given:
+                key = next(iter(given))
+                raise InvalidRequest(f"Engine '{cls.name}' takes no options (got '{key}').",
+                                     param=f"options.{key}")  # fmt: skip
+            return {}
+        try:
+            parsed = model.model_validate(dict(given))
+        except ValidationError as exc:
+            raise _option_error(cls.name, model, exc) from None
+        dumped: dict[str, Any] = parsed.model_dump(mode="json", exclude_unset=True)
+        return dumped
+
+    @classmethod
+    def egress_urls(cls, options: Mapping[str, Any]) -> list[str]:
+        """The URLs among a model's options (fields typed as URLs), in field order.
+
+        Options that do not validate give none: such a model reaches nothing
+        (and does not load).
+        """
+        model = cls.options_model
+        if model is None:
+            return []
+        try:
+            parsed = model.model_validate(dict(options))
+        except ValidationError:
+            return []
+        return [str(url).rstrip("/") for url in _urls(parsed, 0)]
+
+    @classmethod
+    def egress_hosts(cls, options: Mapping[str, Any]) -> frozenset[str]:
+        """The hosts a model with these options may connect to.
+
+        The egress guard of the server allows exactly the hosts the models of
+        the catalogue declare here (loopback aside). By default: the hosts of
+        the URL options. Override to declare others (and keep it cheap: it runs
+        at start-up for every model, and at each load).
+        """
+        model = cls.options_model
+        if model is None:
+            return frozenset()
+        try:
+            parsed = model.model_validate(dict(options))
+        except ValidationError:
+            return frozenset()
+        return frozenset(url.host for url in _urls(parsed, 0) if url.host)
+
     def __init__(self, record: ModelRecord, settings: Settings) -> None:
         self.record = record
         self.settings = settings
@@ -268,6 +370,40 @@ class Engine(abc.ABC):
         return ModelCapabilityError(
             f"Model '{self.record.name}' does not support {what}.", param="model"
         )
+
+
+def _urls(value: Any, depth: int) -> Iterator[AnyUrl]:
+    """The URL values inside a parsed options model (fields, lists, nested models)."""
+    if depth > 8:
+        return
+    if isinstance(value, AnyUrl):
+        yield value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _urls(getattr(value, name), depth + 1)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            yield from _urls(item, depth + 1)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _urls(item, depth + 1)
+
+
+def _option_error(engine: str, model: type[BaseModel], exc: ValidationError) -> Exception:
+    """The first problem of a ValidationError, as ``InvalidRequest`` naming the option."""
+    from intramuros.errors import InvalidRequest
+
+    err = exc.errors(include_url=False, include_input=False)[0]
+    key = str(err["loc"][0])[:MAX_OPTION_KEY] if err["loc"] else ""
+    if err["type"] == "extra_forbidden":
+        known = ", ".join(model.model_fields) or "none"
+        reason = f" is not an option of this engine (it takes: {known})"
+    elif err["type"] == "missing":
+        reason = " is required"
+    else:
+        reason = ": " + str(err["msg"]).rstrip(".")
+    return InvalidRequest(f"Engine '{engine}': option '{key}'{reason}.",
+                          param=f"options.{key}" if key else "options")  # fmt: skip
 
 
 def gather(deltas: Iterator[Delta]) -> Generation:

@@ -32,6 +32,7 @@ from intramuros.engines.base import (
     ToolCall,
     TopLogprob,
     Usage,
+    WeightsKind,
 )
 from intramuros.errors import (
     ContextLengthExceeded,
@@ -66,6 +67,10 @@ class LlamaCppEngine(Engine):
 
     name: ClassVar[str] = "llamacpp"
     max_concurrency: ClassVar[int] = 1
+    # One GGUF file; no options (the context window is the record's, capped by n_ctx).
+    weights: ClassVar[WeightsKind] = "file"
+    weights_format: ClassVar[str] = "gguf"
+    capabilities: ClassVar[tuple[str, ...]] = ("chat", "completion", "tools", "json")
 
     _llm: Any = None
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 import numpy as np
 import numpy.typing as npt
 
-from intramuros.engines.base import EmbeddingResult, Engine
+from intramuros.engines.base import EmbeddingResult, Engine, WeightsKind
 from intramuros.errors import EngineError, EngineUnavailable, InvalidRequest, ModelFileMissing
 
 if TYPE_CHECKING:
@@ -119,6 +119,12 @@ class MiniLMEngine(Engine):
 
     name: ClassVar[str] = "minilm"
     max_concurrency: ClassVar[int] = 1
+    # A sentence-transformers folder: the weights and the files read beside them.
+    weights: ClassVar[WeightsKind] = "directory"
+    weights_file: ClassVar[str | None] = "model.safetensors"
+    aux_files: ClassVar[tuple[str, ...]] = AUX_FILES
+    weights_format: ClassVar[str] = "safetensors"
+    capabilities: ClassVar[tuple[str, ...]] = ("embeddings",)
 
     def __init__(self, record: ModelRecord, settings: Settings) -> None:
         super().__init__(record, settings)

@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import httpx
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, field_serializer
 
 from intramuros.engines.base import (
     ChatParams,
@@ -63,6 +64,43 @@ _FINISH: dict[str, FinishReason] = {
 }  # fmt: skip
 
 
+def _plain_url(url: HttpUrl) -> HttpUrl:
+    """No credentials, query or fragment in the URL: the catalogue is not a secret store."""
+    if url.username or url.password:
+        raise ValueError("must not hold credentials; name the environment variable holding "
+                         "the key with api_key_env")  # fmt: skip
+    if url.query or url.fragment:
+        raise ValueError("must not have a query or a fragment")
+    return url
+
+
+class UpstreamOptions(BaseModel):
+    """The catalogue options of an ``openai-upstream`` model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: Annotated[HttpUrl, AfterValidator(_plain_url)] = Field(
+        description="The upstream's OpenAI API root, e.g. http://gpu-box:8000/v1 (its host is "
+        "the one the egress guard lets this model reach)."
+    )
+    upstream_model: str | None = Field(
+        default=None, min_length=1, max_length=256,
+        description="The model's name at the upstream (default: the model's name here).",
+    )  # fmt: skip
+    api_key_env: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+        description="Environment variable holding the upstream's API key (never stored).",
+    )  # fmt: skip
+    timeout: float | None = Field(
+        default=None, gt=0, le=86400,
+        description="Seconds to wait for an answer (default: the upstream-timeout setting).",
+    )  # fmt: skip
+
+    @field_serializer("base_url")
+    def _base_url_text(self, url: HttpUrl) -> str:
+        return str(url).rstrip("/")
+
+
 class OpenAIUpstreamEngine(Engine):
     """Runs a model by forwarding requests to an OpenAI-compatible server."""
 
@@ -71,6 +109,9 @@ class OpenAIUpstreamEngine(Engine):
     max_concurrency: ClassVar[int] = 8
     # No standard tokenize route exists: the upstream's own 400 enforces the window.
     counts_tokens: ClassVar[bool] = False
+    # Its one host, base_url's, is what the egress guard allows for it.
+    options_model: ClassVar[type[BaseModel] | None] = UpstreamOptions
+    capabilities: ClassVar[tuple[str, ...]] = ("chat", "completion", "embeddings", "tools", "json")
 
     _client: httpx.Client | None = None
 

@@ -27,7 +27,9 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from intramuros.engines.base import (
     Engine,
@@ -36,6 +38,7 @@ from intramuros.engines.base import (
     TranscriptionStart,
     TranscriptSegment,
     TranscriptWord,
+    WeightsKind,
 )
 from intramuros.errors import EngineError, EngineUnavailable, InvalidRequest
 from intramuros.offline import enforce_offline
@@ -50,12 +53,33 @@ VOICE_EXTRA_HINT = "Speech to text needs the voice extra: pip install 'intramuro
 SAMPLE_RATE = 16000  # Whisper's input
 
 
+ComputeType = Literal["default", "auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16",
+                      "int16", "float16", "bfloat16", "float32"]  # fmt: skip
+
+
+class WhisperOptions(BaseModel):
+    """The catalogue options of a ``whisper`` model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    compute_type: ComputeType | None = Field(
+        default=None,
+        description="CTranslate2 compute type (default: the voice-compute-type setting).",
+    )
+
+
 class WhisperEngine(Engine):
     """A CTranslate2 Whisper model run by faster-whisper."""
 
     name = "whisper"
     max_concurrency: ClassVar[int] = 1
     counts_tokens: ClassVar[bool] = False
+    # A CTranslate2 folder: model.bin, and every other file beside it hashed too.
+    options_model: ClassVar[type[BaseModel] | None] = WhisperOptions
+    weights: ClassVar[WeightsKind] = "directory"
+    weights_file: ClassVar[str | None] = "model.bin"
+    weights_format: ClassVar[str] = "ctranslate2"
+    capabilities: ClassVar[tuple[str, ...]] = ("transcription", "translation")
 
     _model: Any = None
     _batched: Any = None

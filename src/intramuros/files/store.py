@@ -29,14 +29,15 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from intramuros.docai.tables import files
 from intramuros.errors import ConfigError
 from intramuros.files.errors import FileNotFound, FileStoreError, FileTooLarge
+from intramuros.files.settings import FilesSettings
+from intramuros.files.tables import files
 from intramuros.fsutil import write_atomic
 from intramuros.ledger.chain import canonical_json
 from intramuros.ledger.crypto import LedgerKeyError, LedgerKeys, generate_key_file
-from intramuros.settings import Settings
-from intramuros.store.db import Database
+from intramuros.platform.interface import UnitOfWork
+from intramuros.settings import Settings, section
 
 FILE_ID_RE = re.compile(r"file-[0-9a-f]{24}")
 _MAGIC = b"IMFILE1\n"
@@ -89,12 +90,13 @@ class KeyRing:
         ledger = LedgerKeys.load(settings.ledger_key_file)
         if ledger is not None:
             sets["ledger"] = ledger
-        own = settings.files_key_file or settings.data_dir / "files.key"
-        if settings.files_key_file is not None or own.exists():
+        key_file = section(settings, FilesSettings).files_key_file
+        own = key_file or settings.data_dir / "files.key"
+        if key_file is not None or own.exists():
             sets["files"] = LedgerKeys.from_file(own)
         if "files" not in sets and ledger is None:
             sets["files"] = _create_key_file(own)
-        current = "files" if settings.files_key_file is not None or "ledger" not in sets \
+        current = "files" if key_file is not None or "ledger" not in sets \
             else "ledger"  # fmt: skip
         return cls(sets, current)
 
@@ -137,17 +139,17 @@ Order = Literal["asc", "desc"]
 class FileStore:
     """Tenant-scoped files: put, get, list, read, delete."""
 
-    def __init__(self, db: Database, root: Path, keys: KeyRing, max_bytes: int) -> None:
+    def __init__(self, db: UnitOfWork, root: Path, keys: KeyRing, max_bytes: int) -> None:
         self.db = db
         self.root = root
         self.keys = keys
         self.max_bytes = max_bytes
 
     @classmethod
-    def from_settings(cls, settings: Settings, db: Database) -> FileStore:
+    def from_settings(cls, settings: Settings, db: UnitOfWork) -> FileStore:
         """The store of an installation: under ``<data-dir>/files``."""
         return cls(db, settings.data_dir / "files", KeyRing.from_settings(settings),
-                   settings.files_max_bytes)  # fmt: skip
+                   section(settings, FilesSettings).files_max_bytes)  # fmt: skip
 
     def _path(self, tenant: str, file_id: str) -> Path:
         # Only ids we minted (and tenants the gate validated) ever become paths.

@@ -16,10 +16,12 @@ from collections import deque
 from collections.abc import Callable
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from intramuros.errors import RateLimited
 from intramuros.gate.policy import Limits
-from intramuros.store.db import Database, usage
+from intramuros.gate.tables import usage
+from intramuros.store.db import Database
 
 WINDOW = 60.0
 
@@ -110,23 +112,22 @@ class Quotas:
 
 
 def record_usage(
-    db: Database, *, tenant: str, key_id: str, model: str, prompt: int, completion: int,
+    conn: Connection, *, tenant: str, key_id: str, model: str, prompt: int, completion: int,
     now: float,
 ) -> None:  # fmt: skip
     """Add one call to the daily ``usage`` totals (update, else insert)."""
     day = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d")
     where = (usage.c.tenant == tenant, usage.c.key_id == key_id, usage.c.model == model,
              usage.c.day == day)  # fmt: skip
-    with db.begin() as conn:
-        updated = conn.execute(usage.update().where(*where).values(
-            requests=usage.c.requests + 1,
-            prompt_tokens=usage.c.prompt_tokens + prompt,
-            completion_tokens=usage.c.completion_tokens + completion,
-        )).rowcount  # fmt: skip
-        if not updated:
-            conn.execute(usage.insert().values(
-                tenant=tenant, key_id=key_id, model=model, day=day, requests=1,
-                prompt_tokens=prompt, completion_tokens=completion))  # fmt: skip
+    updated = conn.execute(usage.update().where(*where).values(
+        requests=usage.c.requests + 1,
+        prompt_tokens=usage.c.prompt_tokens + prompt,
+        completion_tokens=usage.c.completion_tokens + completion,
+    )).rowcount  # fmt: skip
+    if not updated:
+        conn.execute(usage.insert().values(
+            tenant=tenant, key_id=key_id, model=model, day=day, requests=1,
+            prompt_tokens=prompt, completion_tokens=completion))  # fmt: skip
 
 
 def usage_report(

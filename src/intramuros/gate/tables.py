@@ -1,4 +1,4 @@
-"""The gate's schema steps: tenants as identities, and the tombstones of deleted ones.
+"""The gate's tables and schema steps: tenants, API keys, usage, and deleted tenants.
 
 A tenant has a name (what people type) and an id (what every row of every area
 stores in its ``tenant`` column). The first tenant ever called ``acme`` gets
@@ -11,16 +11,52 @@ tenants (so they are never reused) and whether their data has been purged
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from intramuros.store.db import metadata
+from intramuros.store.db import Migration, area_steps, metadata
 
 # The longest id: a name cut to 48 characters, a dot and 8 hex digits, so that it
 # fits every area's 64-character tenant column.
 ID_NAME_PART = 48
+
+tenants = sa.Table(
+    "tenants",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("policy", sa.Text, nullable=False),
+    # Added by the gate's step 2: what other tables store as the tenant.
+    sa.Column("id", sa.String(64), nullable=True, unique=True),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False, index=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("salt", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=True),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+    sa.Column("models", sa.Text, nullable=True),
+    sa.Column("limits", sa.Text, nullable=True),
+)
+
+usage = sa.Table(
+    "usage",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("model", sa.String(200), primary_key=True),
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("requests", sa.Integer, nullable=False),
+    sa.Column("prompt_tokens", sa.BigInteger, nullable=False),
+    sa.Column("completion_tokens", sa.BigInteger, nullable=False),
+)
 
 tenant_tombstones = sa.Table(
     "tenant_tombstones",
@@ -70,10 +106,22 @@ def _orphans(conn: Connection) -> None:
         ), {"id": tenant_id, "name": tenant_id[:64], "now": time.time()})  # fmt: skip
 
 
-def migration_steps() -> list[tuple[str, Callable[[Connection], None]]]:
-    """(name, apply) pairs run in order by the database's migration for this area."""
-    return [
-        ("tenant ids", _tenant_ids),
-        ("tenant tombstones", _tombstones),
-        ("tenants deleted before ids", _orphans),
-    ]
+def _create_v1(conn: Connection) -> None:
+    """``tenants`` as the first step created it (step 2 adds ``id``), keys and usage."""
+    v1 = sa.MetaData()
+    sa.Table(
+        "tenants", v1,
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("policy", sa.Text, nullable=False),
+    ).create(conn)  # fmt: skip
+    for table in (api_keys, usage):
+        table.to_metadata(v1).create(conn)
+
+
+def migrations() -> list[Migration]:
+    """The gate's steps (after the store's and the ledger's: step 2 reads their tables)."""
+    return area_steps("gate", 20, [
+        ("tenants, api keys, usage", [_create_v1]),
+        ("tenants are identities", [_tenant_ids, _tombstones, _orphans]),
+    ])  # fmt: skip

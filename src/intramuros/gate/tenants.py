@@ -36,8 +36,8 @@ import sqlalchemy as sa
 
 from intramuros.errors import AuthenticationError, InvalidRequest, NotFound
 from intramuros.gate.policy import Limits, TenantPolicy
-from intramuros.gate.tables import ID_NAME_PART, tenant_tombstones
-from intramuros.store.db import Database, api_keys, tenants
+from intramuros.gate.tables import ID_NAME_PART, api_keys, tenant_tombstones, tenants
+from intramuros.store.db import Database
 
 Role = Literal["user", "admin", "operator"]
 ROLES: tuple[str, ...] = get_args(Role)

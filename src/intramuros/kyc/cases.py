@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from intramuros.kyc.errors import CaseNotFound
 from intramuros.kyc.tables import kyc_cases
-from intramuros.store.db import Database
+from intramuros.platform.interface import UnitOfWork
 
 Decision = Literal["true_match", "false_positive", "escalate"]
 STATUS_OF: dict[str, str] = {"true_match": "confirmed", "false_positive": "cleared",
@@ -25,7 +25,7 @@ STATUS_OF: dict[str, str] = {"true_match": "confirmed", "false_positive": "clear
 class Cases:
     """Case records of every tenant (always queried with the tenant)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: UnitOfWork) -> None:
         self.db = db
 
     def open(self, tenant: str, customer_id: str | None, subject: dict[str, Any],

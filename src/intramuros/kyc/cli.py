@@ -9,14 +9,27 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
 from intramuros.errors import IntramurosError
+from intramuros.kyc.settings import KycSettings
+from intramuros.kyc.workflow import KycWorkflow
+from intramuros.platform.cli import (
+    STATE_FIELDS,
+    CliStore,
+    actor,
+    context,
+    error,
+    load_options,
+    settings_options,
+)
+from intramuros.platform.interface import Auditor
+from intramuros.settings import section
 
 CUSTOMER_HEADER = ("customer_id", "name", "type", "birth_date", "nationality", "country",
                    "gender", "identifiers")  # fmt: skip
@@ -24,33 +37,26 @@ RESULT_HEADER = ("line", "customer_id", "name", "top_score", "alert", "case_id",
                  "best_list", "best_source_id", "best_name")  # fmt: skip
 
 
-def _state_options(func: Any) -> Any:
-    from intramuros.cli import _STATE_FIELDS, settings_options
-
-    return settings_options(*_STATE_FIELDS, "ledger_key_file")(func)
+_state_options = settings_options(*STATE_FIELDS)
 
 
-def _workflow(options: dict[str, Any]) -> Any:
-    from intramuros.cli import _settings
-    from intramuros.kyc.workflow import KycWorkflow
-    from intramuros.ledger import Ledger, LedgerKeys
-    from intramuros.store.db import Database
+@dataclass(frozen=True)
+class _Session:
+    """A command's workflow over the installation's tables and ledger, and its tenants."""
 
-    settings = _settings(options)
-    db = Database(settings.resolved_database_url())
-    db.migrate()
-    return KycWorkflow(db, Ledger(db, LedgerKeys.load(settings.ledger_key_file)), settings)
+    flow: KycWorkflow
+    store: CliStore
 
-
-def _error(message: str) -> None:
-    click.echo("error: " + " ".join(message.split()), err=True)
-    sys.exit(1)
+    @property
+    def ledger(self) -> Auditor:
+        return self.store.auditor
 
 
-def _actor() -> str:
-    from intramuros.cli import _actor as actor
-
-    return actor()
+def _session(options: dict[str, Any]) -> _Session:
+    settings = load_options(options)
+    store = context().store(settings)
+    return _Session(KycWorkflow(store.tables, store.auditor, section(settings, KycSettings)),
+                    store)  # fmt: skip
 
 
 @click.group("kyc")
@@ -77,18 +83,18 @@ def lists_import(path: Path, fmt: str, list_name: str, **options: Any) -> None:
 
     name = list_name.strip()
     if not name or len(name) > 100 or not all(ch.isalnum() or ch in "-_." for ch in name):
-        _error("--list must be 1-100 letters, digits, '-', '_' or '.'")
+        error("--list must be 1-100 letters, digits, '-', '_' or '.'")
     started = time.perf_counter()
     try:
         result = parse_list(path, fmt, name)
-        flow = _workflow(options)
-        version = flow.store.import_list(result, name, fmt, str(path.resolve()))
-        flow.ledger.append("admin", tenant=None, key_id=None, subject=None, data={
-            "action": "kyc_list_import", "actor": _actor(), "list": name, "format": fmt,
+        session = _session(options)
+        version = session.flow.store.import_list(result, name, fmt, str(path.resolve()))
+        session.ledger.append("admin", tenant=None, key_id=None, subject=None, data={
+            "action": "kyc_list_import", "actor": actor(), "list": name, "format": fmt,
             "version": version, "sha256": result.sha256, "entities": len(result.entities),
             "skipped": len(result.errors)})  # fmt: skip
     except IntramurosError as exc:
-        _error(exc.message)
+        error(exc.message)
         return
     for problem in result.errors:
         click.echo(f"skipped: {problem}", err=True)
@@ -105,9 +111,9 @@ def lists_status(as_json: bool, **options: Any) -> None:
     import json
 
     try:
-        rows = _workflow(options).store.status()
+        rows = _session(options).flow.store.status()
     except IntramurosError as exc:
-        _error(exc.message)
+        error(exc.message)
         return
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
@@ -180,13 +186,13 @@ def screen(path: Path, out: Path, tenant: str, limit: int, **options: Any) -> No
 
     try:
         rows, problems = _read_customers(path)
-        flow = _workflow(options)
+        session = _session(options)
+        flow = session.flow
         if not flow.store.status():
-            _error("no list imported: run `intramuros kyc lists import` first")
-        tenant = _tenant_id(flow, tenant)
+            error("no list imported: run `intramuros kyc lists import` first")
+        tenant = session.store.tenant_id(tenant)
     except IntramurosError as exc:
-        _error(exc.message)
-        return
+        error(exc.message)
     for problem in problems:
         click.echo(f"skipped: {problem}", err=True)
     started = time.perf_counter()
@@ -195,9 +201,12 @@ def screen(path: Path, out: Path, tenant: str, limit: int, **options: Any) -> No
         task = bar.add_task("screening", total=len(rows))
         for start in range(0, len(rows), 500):
             chunk = rows[start:start + 500]
+
+            def advance(n: int, s: int = start) -> None:
+                bar.update(task, completed=s + n)
+
             results += flow.screen(tenant, None, [d for _l, d in chunk], limit=limit,
-                                   route="kyc screen",
-                                   progress=lambda n, s=start: bar.update(task, completed=s + n))
+                                   route="kyc screen", progress=advance)  # fmt: skip
     elapsed = max(time.perf_counter() - started, 1e-9)
     with out.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
@@ -215,25 +224,18 @@ def screen(path: Path, out: Path, tenant: str, limit: int, **options: Any) -> No
                f"{len(problems)} row(s) skipped; results in {out}")  # fmt: skip
 
 
-def _tenant_id(flow: Any, name: str) -> str:
-    """The id of the live tenant called ``name`` (what its records are stored under)."""
-    from intramuros.gate.tenants import Tenants
-
-    return Tenants(flow.store.db).resolve(name)
-
-
 @group.command("rescreen")
 @click.option("--tenant", required=True, help="Tenant whose stored customers to screen again.")
 @_state_options
 def rescreen(tenant: str, **options: Any) -> None:
     """Screen stored customers again; open cases only for new or changed hits."""
     try:
-        flow = _workflow(options)
-        tenant = _tenant_id(flow, tenant)
+        session = _session(options)
+        tenant = session.store.tenant_id(tenant)
         started = time.perf_counter()
-        summary = flow.rescreen(tenant, None)
+        summary = session.flow.rescreen(tenant, None)
     except IntramurosError as exc:
-        _error(exc.message)
+        error(exc.message)
         return
     click.echo(f"re-screened {summary['customers']} customers in "
                f"{time.perf_counter() - started:.2f}s: {summary['cases_opened']} case(s) opened")
@@ -248,12 +250,13 @@ def rescreen(tenant: str, **options: Any) -> None:
 def threshold(tenant: str, value: float | None, **options: Any) -> None:
     """Show or set a tenant's alert threshold."""
     try:
-        flow = _workflow(options)
-        tenant = _tenant_id(flow, tenant)
+        session = _session(options)
+        flow = session.flow
+        tenant = session.store.tenant_id(tenant)
         if value is not None:
             flow.store.set_threshold(tenant, value)
-            flow.ledger.append("admin", tenant=tenant, key_id=None, subject=None, data={
-                "action": "kyc_threshold", "actor": _actor(), "threshold": value})
+            session.ledger.append("admin", tenant=tenant, key_id=None, subject=None, data={
+                "action": "kyc_threshold", "actor": actor(), "threshold": value})
         click.echo(f"{tenant}\t{flow.threshold_for(tenant)}")
     except IntramurosError as exc:
-        _error(exc.message)
+        error(exc.message)

@@ -11,16 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any
 
 from intramuros.errors import IntramurosError
-from intramuros.gate import scope
 from intramuros.gate.tenants import Principal
 from intramuros.kyc import protocol as kp
+from intramuros.kyc.settings import KycSettings
 from intramuros.kyc.summary import draft_summary
 from intramuros.kyc.workflow import KycWorkflow
-from intramuros.serving.service import InferenceService
+from intramuros.platform.interface import Platform
+from intramuros.settings import section
 
 MATCHER = "kyc-matcher"
 log = logging.getLogger(__name__)
@@ -32,12 +34,13 @@ class KycService:
     name = "kyc"
     body_limits: dict[str, int] = {}
 
-    def __init__(self, core: InferenceService) -> None:
+    def __init__(self, core: Platform) -> None:
         self.core = core
-        self.workflow = KycWorkflow(core.db, core.ledger, core.settings)
+        self.settings = section(core.settings, KycSettings)
+        self.workflow = KycWorkflow(core.tables, core.auditor, self.settings)
         # The server refreshes in the background (below): a request never waits
         # for an index rebuild, it screens on the snapshot in place.
-        self._interval = core.settings.kyc_refresh_seconds
+        self._interval = self.settings.kyc_refresh_seconds
         if self._interval > 0:  # 0: check on every screening (inline), no watcher
             self.workflow.screener.refresh_seconds = float("inf")
         self._refresher: asyncio.Task[None] | None = None
@@ -71,16 +74,22 @@ class KycService:
         """Screen subjects in one metered call."""
         subject = subjects[0].get("customer_id") if len(subjects) == 1 else None
         meter, _policy = await self.core.begin_call(who, route, MATCHER, subject)
+        # The screening's record is written with the call's, in the recorder's next burst
+        # (one commit), rather than in a transaction of its own.
+        records = _Deferred()
         try:
             results = await asyncio.to_thread(self.workflow.screen, who.tenant, who.key_id,
-                                              subjects, lists=lists, limit=limit, route=route)
+                                              subjects, lists=lists, limit=limit, route=route,
+                                              auditor=records)  # fmt: skip
         except BaseException as exc:
             await self.core.end_call(meter, exc)
             raise
         meter.extra = {"screenings": len(results),
                        "alerts": sum(1 for r in results if r["case_id"]),
                        "lists": results[0]["lists"] if results else {}}  # fmt: skip
-        await self.core.end_call(meter)
+        await asyncio.gather(*(self.core.audit_event(kind, **fields)
+                               for kind, fields in records.records),
+                             self.core.end_call(meter))  # fmt: skip
         return results
 
     async def lists(self) -> list[dict[str, Any]]:
@@ -111,9 +120,9 @@ class KycService:
 
     async def set_threshold(self, who: Principal, req: kp.ThresholdRequest) -> str:
         """Set the threshold of a tenant the caller manages, record it; the tenant's id."""
-        tenant = await asyncio.to_thread(scope.managed, self.core.tenants, who, req.tenant)
+        tenant = await self.core.managed_tenant(who, req.tenant)
         await asyncio.to_thread(self.workflow.store.set_threshold, tenant, req.threshold)
-        await asyncio.to_thread(self.core.ledger.append, "admin", tenant=tenant,
+        await asyncio.to_thread(self.core.auditor.append, "admin", tenant=tenant,
                                 key_id=who.key_id, subject=None,
                                 data={"action": "kyc_threshold", "threshold": req.threshold})
         return tenant
@@ -122,11 +131,26 @@ class KycService:
         """Draft a case summary with a local model (through the gate) and keep it on the case."""
         case = await self.case(who, case_id)
         summary = await draft_summary(self.core, who, case,
-                                      model or self.core.settings.kyc_summary_model)
+                                      model or self.settings.kyc_summary_model)
         updated = await asyncio.to_thread(self.workflow.cases.set_summary, who.tenant, case_id,
                                           summary)  # fmt: skip
-        await asyncio.to_thread(self.core.ledger.append, "kyc_summary", tenant=who.tenant,
+        await asyncio.to_thread(self.core.auditor.append, "kyc_summary", tenant=who.tenant,
                                 key_id=who.key_id, subject=case.get("customer_id"),
                                 data={"case_id": case_id, "model": summary["model"],
                                       "machine_drafted": True})  # fmt: skip
         return updated
+
+
+class _Deferred:
+    """An auditor that keeps the records for the platform to write (``audit_event``)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, dict[str, Any]]] = []
+
+    def append(self, kind: str, *, tenant: str | None = None, key_id: str | None = None,
+               subject: str | None = None, data: Mapping[str, Any],
+               content: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+        if content is not None:
+            raise ValueError("a deferred audit record carries no content")
+        self.records.append((kind, {"tenant": tenant, "key_id": key_id, "subject": subject,
+                                    "data": data}))  # fmt: skip

@@ -1,7 +1,7 @@
 """KYC state in the database: list versions (atomic switch), thresholds, customers, hits.
 
 Cases live in :mod:`intramuros.kyc.cases`. Everything goes through
-``Database.begin()`` (SQLite or PostgreSQL alike).
+the unit of work the platform gives (SQLite or PostgreSQL alike).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from intramuros.kyc.tables import (
     kyc_lists,
     kyc_thresholds,
 )
-from intramuros.serving.tenancy import PurgeContext
-from intramuros.store.db import Database
+from intramuros.platform.interface import UnitOfWork
+from intramuros.platform.plugin import TenantPurge
 
 _CHUNK = 1000
 
@@ -52,7 +52,7 @@ class ListStatus:
 class KycStore:
     """Database access of the KYC workload."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: UnitOfWork) -> None:
         self.db = db
 
     # -- lists ---------------------------------------------------------------
@@ -202,10 +202,10 @@ class KycStore:
                     source_id=source_id, digest=digest, case_id=case_id, seen_at=now))
 
 
-def purge_tenant(ctx: PurgeContext, tenant: str) -> dict[str, int]:
+def purge_tenant(ctx: TenantPurge, tenant: str) -> dict[str, int]:
     """Delete a deleted tenant's customers, hits, cases and threshold (lists are shared)."""
     counts: dict[str, int] = {}
-    with ctx.db.begin() as conn:
+    with ctx.tables.begin() as conn:
         for kind, table in (("kyc_cases", kyc_cases), ("kyc_customers", kyc_customers),
                             ("kyc_hits", kyc_hits), ("kyc_thresholds", kyc_thresholds)):
             counts[kind] = conn.execute(

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from intramuros.api import protocol as p
 from intramuros.gate.tenants import Principal
-from intramuros.serving.service import InferenceService
+from intramuros.platform.interface import Platform
+from intramuros.protocol import openai as p
 
 _SYSTEM = ("You are a compliance assistant. In at most four sentences, summarise why this "
            "screening alert was raised and what the analyst should check. Use only the "
@@ -35,7 +35,7 @@ def evidence_text(case: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def draft_summary(core: InferenceService, who: Principal, case: dict[str, Any],
+async def draft_summary(core: Platform, who: Principal, case: dict[str, Any],
                         model: str) -> dict[str, Any]:  # fmt: skip
     """Ask ``model`` for a summary; returns ``{"text", "model", "machine_drafted": True}``."""
     req = p.ChatCompletionRequest(

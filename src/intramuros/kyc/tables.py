@@ -14,7 +14,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from intramuros.store.db import metadata
+from intramuros.store.db import Migration, area_steps, metadata
 
 kyc_lists = sa.Table(
     "kyc_lists", metadata,
@@ -98,3 +98,10 @@ def _create(conn: Connection) -> None:
 def migration_steps() -> list[tuple[str, Callable[[Connection], None]]]:
     """(name, apply) pairs run in order by the database's migration for this area."""
     return [("kyc lists, customers, cases", _create)]
+
+
+def migrations() -> list[Migration]:
+    """The KYC workload's steps."""
+    return area_steps("kyc", 100, [
+        ("kyc lists, customers, cases", [a for _n, a in migration_steps()]),
+    ])  # fmt: skip

@@ -21,10 +21,9 @@ from intramuros.kyc.match import Subject
 from intramuros.kyc.model import Identifier
 from intramuros.kyc.normalize import fold
 from intramuros.kyc.screener import Screener
+from intramuros.kyc.settings import KycSettings
 from intramuros.kyc.store import KycStore
-from intramuros.ledger import Ledger
-from intramuros.settings import Settings
-from intramuros.store.db import Database
+from intramuros.platform.interface import Auditor, UnitOfWork
 
 
 def to_subject(data: dict[str, Any]) -> Subject:
@@ -66,7 +65,7 @@ class _Pending:
 class KycWorkflow:
     """Lists, screening, cases and decisions over one database and ledger."""
 
-    def __init__(self, db: Database, ledger: Ledger, settings: Settings) -> None:
+    def __init__(self, db: UnitOfWork, ledger: Auditor, settings: KycSettings) -> None:
         self.settings = settings
         self.ledger = ledger
         self.store = KycStore(db)
@@ -80,8 +79,12 @@ class KycWorkflow:
 
     def screen(self, tenant: str, key_id: str | None, subjects: list[dict[str, Any]], *,
                lists: list[str] | None = None, limit: int = 10, route: str = "/v1/kyc/screen",
-               progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
-        """Screen subjects against one snapshot of the lists; open cases for alerts."""
+               progress: Callable[[int], None] | None = None,
+               auditor: Auditor | None = None) -> list[dict[str, Any]]:  # fmt: skip
+        """Screen subjects against one snapshot of the lists; open cases for alerts.
+
+        The ``kyc_screening`` record goes to ``auditor`` (the ledger by default).
+        """
         index = self.screener.current()
         threshold = self.threshold_for(tenant)
         wanted = set(lists) if lists else None
@@ -95,7 +98,7 @@ class KycWorkflow:
             if progress is not None:
                 progress(n)
         self._flush(tenant, batch)
-        self._audit(tenant, key_id, route, results, threshold, index)
+        self._audit(tenant, key_id, route, results, threshold, index, auditor or self.ledger)
         return results
 
     def _screen_one(self, tenant: str, index: ScreeningIndex, data: dict[str, Any],
@@ -151,7 +154,7 @@ class KycWorkflow:
             if progress is not None:
                 progress(n)
         self._flush(tenant, batch)
-        self._audit(tenant, key_id, "kyc rescreen", results, threshold, index)
+        self._audit(tenant, key_id, "kyc rescreen", results, threshold, index, self.ledger)
         cases = [r["case_id"] for r in results if r["case_id"]]
         return {"customers": len(customers), "cases_opened": len(cases), "case_ids": cases,
                 "lists": _versions(index)}  # fmt: skip
@@ -170,7 +173,7 @@ class KycWorkflow:
         return case
 
     def _audit(self, tenant: str, key_id: str | None, route: str, results: list[dict[str, Any]],
-               threshold: float, index: ScreeningIndex) -> None:  # fmt: skip
+               threshold: float, index: ScreeningIndex, auditor: Auditor) -> None:  # fmt: skip
         screenings = [{
             "customer_id": r["subject"].get("customer_id"),
             "name_sha256": name_digest(str(r["subject"]["name"])),
@@ -179,7 +182,7 @@ class KycWorkflow:
             "case_id": r["case_id"],
         } for r in results]  # fmt: skip
         subject = screenings[0]["customer_id"] if len(screenings) == 1 else None
-        self.ledger.append("kyc_screening", tenant=tenant, key_id=key_id, subject=subject, data={
+        auditor.append("kyc_screening", tenant=tenant, key_id=key_id, subject=subject, data={
             "route": route, "threshold": threshold, "lists": _versions(index),
             "count": len(screenings), "screenings": screenings})  # fmt: skip
 

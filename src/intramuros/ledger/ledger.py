@@ -16,7 +16,8 @@ from __future__ import annotations
 import hmac
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,32 @@ class Ledger:
             LedgerKeyMissing: content was given but no key is configured.
             LedgerKeyRequired: no key is loaded, and the chain is keyed.
         """
+        prepared = self._prepare(kind, tenant, key_id, subject, data, content)
+        with locked(self.db) as conn:
+            return self._append_locked(conn, *prepared)
+
+    @contextmanager
+    def appending(self) -> Iterator[Appending]:
+        """One write transaction for several appends, and the caller's own writes.
+
+        Group commit: the appends (and whatever the caller writes on
+        ``Appending.conn``) hold the append lock together and commit together,
+        or not at all (an exception rolls everything back). Used by the call
+        recorder, which writes a burst of calls' records at once.
+        """
+        with locked(self.db) as conn:
+            yield Appending(self, conn)
+
+    def _prepare(
+        self,
+        kind: str,
+        tenant: str | None,
+        key_id: str | None,
+        subject: str | None,
+        data: Mapping[str, Any],
+        content: Mapping[str, Any] | None,
+    ) -> tuple[str, str | None, str | None, str | None, str, bytes | None]:
+        """Check and serialise one append's fields, before the lock is taken."""
         _check_name(kind, "kind", nullable=False, limit=50)
         for name, value in (("tenant", tenant), ("key_id", key_id), ("subject", subject)):
             _check_name(value, name, nullable=True, limit=_MAX_NAME)
@@ -107,16 +134,7 @@ class Ledger:
         if content is not None:
             self._require_keys("store ledger content")  # fail before taking the lock
             plaintext = _to_json(content, "content").encode("utf-8")
-        with locked(self.db) as conn:
-            return self._append_locked(
-                conn,
-                kind,
-                tenant=tenant,
-                key_id=key_id,
-                subject=subject,
-                data_json=data_json,
-                plaintext=plaintext,
-            )
+        return kind, tenant, key_id, subject, data_json, plaintext
 
     def erase_subject(self, tenant: str, subject: str, *, actor: str) -> int:
         """Delete every stored content of ``subject`` in ``tenant`` (right to erasure).
@@ -384,7 +402,6 @@ class Ledger:
         self,
         conn: Connection,
         kind: str,
-        *,
         tenant: str | None,
         key_id: str | None,
         subject: str | None,
@@ -557,3 +574,26 @@ def _head_problem(keys: LedgerKeys, head: Any) -> str | None:
     ):
         return "has a MAC that does not verify: it was written without the ledger key."
     return None
+
+
+class Appending:
+    """Appends inside one transaction of the ledger (:meth:`Ledger.appending`)."""
+
+    def __init__(self, ledger: Ledger, conn: Connection) -> None:
+        self.ledger = ledger
+        # The transaction's connection: the caller's own writes on it commit with the appends.
+        self.conn = conn
+
+    def append(
+        self,
+        kind: str,
+        *,
+        tenant: str | None = None,
+        key_id: str | None = None,
+        subject: str | None = None,
+        data: Mapping[str, Any],
+        content: Mapping[str, Any] | None = None,
+    ) -> LedgerEntry:
+        """As :meth:`Ledger.append`, in this transaction (visible to the next append in it)."""
+        prepared = self.ledger._prepare(kind, tenant, key_id, subject, data, content)
+        return self.ledger._append_locked(self.conn, *prepared)

@@ -22,7 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from intramuros.store.db import metadata
+from intramuros.store.db import Migration, area_steps, metadata
 
 
 def _records_v5_columns() -> list[sa.Column[Any]]:
@@ -126,3 +126,11 @@ def chain_mac_steps() -> list[tuple[str, Callable[[Connection], None]]]:
     after them.
     """
     return [("ledger records carry a keyed MAC", _add_mac_columns)]
+
+
+def migrations() -> list[Migration]:
+    """The ledger's steps: its tables, then the records' MAC columns."""
+    return area_steps("ledger", 10, [
+        ("ledger records and encrypted content", [a for _n, a in ledger_migration_steps()]),
+        ("ledger MACs", [a for _n, a in chain_mac_steps()]),
+    ])  # fmt: skip

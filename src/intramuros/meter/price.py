@@ -21,19 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-GRID_PRESETS: dict[str, float] = {"eu": 264.0, "fr": 60.0}
+from intramuros.settings import GRID_PRESETS, Settings, grid_intensity
+
+__all__ = ["GRID_PRESETS", "HOURS_PER_YEAR", "PriceModel", "grid_intensity"]
+
 HOURS_PER_YEAR = 8766.0  # 365.25 days
-
-
-def grid_intensity(value: str) -> float:
-    """gCO2e per kWh for a preset name (``eu``, ``fr``) or a number given as text."""
-    preset = GRID_PRESETS.get(value.strip().lower())
-    if preset is not None:
-        return preset
-    number = float(value)  # ValueError for anything else: the settings report it
-    if number < 0:
-        raise ValueError("grid intensity cannot be negative")
-    return number
 
 
 @dataclass(frozen=True)
@@ -56,6 +48,17 @@ class PriceModel:
         kwh = joules / 3.6e6
         return machine_seconds / 3600.0 * self.hardware_eur_per_hour + (
             kwh * self.electricity_eur_per_kwh
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PriceModel:
+        """The price model of the hardware, electricity and grid settings."""
+        return cls(
+            hardware_eur=settings.hardware_price_eur,
+            lifetime_years=settings.hardware_lifetime_years,
+            utilisation=settings.hardware_utilisation,
+            electricity_eur_per_kwh=settings.electricity_eur_per_kwh,
+            grid_gco2e_per_kwh=grid_intensity(settings.grid_intensity),
         )
 
     def co2e_grams(self, joules: float) -> float:

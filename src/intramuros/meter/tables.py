@@ -14,7 +14,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from intramuros.store.db import Database, metadata
+from intramuros.store.db import Migration, area_steps, metadata
 
 usage_metering = sa.Table(
     "usage_metering",
@@ -49,19 +49,25 @@ def migration_steps() -> list[tuple[str, Callable[[Connection], None]]]:
 
 
 def record_metering(
-    db: Database, *, tenant: str, key_id: str, model: str, now: float, cpu_seconds: float,
+    conn: Connection, *, tenant: str, key_id: str, model: str, now: float, cpu_seconds: float,
     energy_joules: float, cost_eur: float, co2e_grams: float,
 ) -> None:  # fmt: skip
     """Add one call's energy, cost and CO2e to its day's totals."""
     day = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d")
     t = usage_metering.c
     where = (t.tenant == tenant, t.key_id == key_id, t.model == model, t.day == day)
-    with db.begin() as conn:
-        updated = conn.execute(usage_metering.update().where(*where).values(
-            cpu_seconds=t.cpu_seconds + cpu_seconds, energy_joules=t.energy_joules + energy_joules,
-            cost_eur=t.cost_eur + cost_eur, co2e_grams=t.co2e_grams + co2e_grams,
-        )).rowcount  # fmt: skip
-        if not updated:
-            conn.execute(usage_metering.insert().values(
-                tenant=tenant, key_id=key_id, model=model, day=day, cpu_seconds=cpu_seconds,
-                energy_joules=energy_joules, cost_eur=cost_eur, co2e_grams=co2e_grams))  # fmt: skip
+    updated = conn.execute(usage_metering.update().where(*where).values(
+        cpu_seconds=t.cpu_seconds + cpu_seconds, energy_joules=t.energy_joules + energy_joules,
+        cost_eur=t.cost_eur + cost_eur, co2e_grams=t.co2e_grams + co2e_grams,
+    )).rowcount  # fmt: skip
+    if not updated:
+        conn.execute(usage_metering.insert().values(
+            tenant=tenant, key_id=key_id, model=model, day=day, cpu_seconds=cpu_seconds,
+            energy_joules=energy_joules, cost_eur=cost_eur, co2e_grams=co2e_grams))  # fmt: skip
+
+
+def migrations() -> list[Migration]:
+    """Metering's step: energy columns on the request log, and daily totals."""
+    return area_steps("meter", 30, [
+        ("metering: energy, cost, CO2", [a for _n, a in migration_steps()]),
+    ])  # fmt: skip

@@ -7,7 +7,7 @@ embeddings) or the prompt does not fit its context. The first eligible model
 answers; when its answer fails the route's checks (invalid JSON, schema
 violation, invalid tool call, empty) or its mean token log-probability is
 below the route's threshold, the request is retried once on the next
-eligible model up. Every attempt is an ordinary call of the core service
+eligible model up. Every attempt is an ordinary call of the platform
 (admitted, metered, logged, in the ledger like any other); the decision is a
 ``routing`` record in the ledger, ``usage.routing`` in the answer, and the
 ``intramuros_route_*`` counters on ``/metrics``.
@@ -20,7 +20,6 @@ model's answer as it comes, unchecked and never escalated.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,7 +29,6 @@ from typing import Any, Generic, TypeVar
 from prometheus_client import Counter
 from pydantic import BaseModel
 
-from intramuros.api import protocol as p
 from intramuros.catalog.records import Capability, ModelRecord
 from intramuros.engines.base import Engine
 from intramuros.errors import (
@@ -42,6 +40,9 @@ from intramuros.errors import (
     ServerError,
 )
 from intramuros.gate.tenants import Principal
+from intramuros.platform.interface import Platform
+from intramuros.platform.offload import run_cpu
+from intramuros.protocol import openai as p
 from intramuros.router import choose, validate
 from intramuros.router.config import (
     AUTO,
@@ -51,10 +52,10 @@ from intramuros.router.config import (
     parse_routes,
 )
 from intramuros.router.errors import NoEligibleModel, RouteForbidden
+from intramuros.router.settings import RouterSettings
 from intramuros.router.validate import LOW_CONFIDENCE
 from intramuros.serving import convert
-from intramuros.serving.offload import run_cpu
-from intramuros.serving.service import InferenceService
+from intramuros.settings import section
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +130,15 @@ Judge = Callable[[R], validate.Verdict]
 
 
 class RouterService:
-    """Routes (``auto`` and the configured profiles) over the core inference service."""
+    """Routes (``auto`` and the configured profiles) over the platform's model calls."""
 
-    def __init__(self, core: InferenceService) -> None:
+    def __init__(self, core: Platform) -> None:
         self.core = core
+        config = section(core.settings, RouterSettings)
         # Validated once already when the settings loaded; parsing again is cheap.
-        self.routes: dict[str, RouteProfile] = parse_routes(core.settings.routes)
-        self.costs = parse_costs(core.settings.model_costs)
-        registry = core.metrics.registry
+        self.routes: dict[str, RouteProfile] = parse_routes(config.routes)
+        self.costs = parse_costs(config.model_costs)
+        registry = core.metrics_registry
         self.escalations = Counter(
             "intramuros_route_escalations",
             "Routed requests retried on the next model up, by route.",
@@ -152,7 +154,7 @@ class RouterService:
 
     async def start(self) -> None:
         """Check the routes against the catalogue (after the core service started)."""
-        records = await asyncio.to_thread(self.core.catalog.records)
+        records = await self.core.model_records()
         # A ConfigError here ends `intramuros serve` with one error line (api/server.py).
         check_against_catalog(self.routes, [r.name for r in records])
 
@@ -304,7 +306,7 @@ class RouterService:
     async def _loaded(self, record: ModelRecord) -> tuple[Engine | None, str | None]:
         """The candidate's engine (loading it), or None and why it cannot serve."""
         try:
-            loaded = await self.core.pool.get(record.name)
+            loaded = await self.core.lane(record.name)
         except ModelNotFound:
             return None, "not in the catalogue"
         except ClientError:
@@ -313,14 +315,13 @@ class RouterService:
             return None, f"unavailable ({exc.code})"
         return loaded.engine, None
 
-    def _ladder(self, res: choose.Resolution, who: Principal, kind: Capability) -> choose.Ladder:
-        return choose.ladder(res.profile, self.core.catalog.records(), who, self.costs, kind)
 
     async def _candidates(
         self, res: choose.Resolution, who: Principal, fit: Fit, decision: _Decision[Any]
     ) -> AsyncGenerator[ModelRecord, None]:
         """The route's eligible models in order; skipped ones noted in ``decision``."""
-        ladder = await asyncio.to_thread(self._ladder, res, who, decision.kind)
+        records = await self.core.model_records()
+        ladder = choose.ladder(res.profile, records, who, self.costs, decision.kind)
         decision.attempts.extend(_Attempt(s.model, "skipped", s.reason) for s in ladder.skipped)
         for record in ladder.models:
             problem = await fit(record)
@@ -414,12 +415,8 @@ class RouterService:
         ladder_denied = [m for m in (decision.route.profile.models or ()) if not who.may_use(m)]
         if ladder_denied:
             data["denied"] = ladder_denied
-        try:
-            await asyncio.to_thread(self.core.ledger.append, "routing", tenant=who.tenant,
-                                    key_id=who.key_id, subject=subject, data=data)  # fmt: skip
-        except IntramurosError as err:  # the answer matters more than its record
-            self.core.metrics.ledger_failures.inc()
-            log.error("could not append the routing decision to the ledger: %s", err.message)
+        await self.core.audit_event("routing", tenant=who.tenant, key_id=who.key_id,
+                                    subject=subject, data=data)  # fmt: skip
 
     # -- direct streams (no checks, no escalation) ----------------------------------
 

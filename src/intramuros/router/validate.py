@@ -16,7 +16,7 @@ from typing import Any
 
 import jsonschema
 
-from intramuros.api import protocol as p
+from intramuros.protocol import openai as p
 from intramuros.router.config import Check
 
 # Outcomes that trigger an escalation (besides ``low_confidence``).

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from intramuros.api import protocol as p
 from intramuros.catalog.records import Capability, ModelRecord
 from intramuros.engines.base import ChatParams, CompletionParams, SamplingParams, ToolSpec
 from intramuros.engines.prompting import check_json_schema
 from intramuros.errors import InvalidRequest, ModelCapabilityError
+from intramuros.protocol import openai as p
 
 # Mistral's documented guardrail prompt, prepended when `safe_prompt` is true.
 MISTRAL_SAFE_PROMPT = (

@@ -92,12 +92,17 @@ class ModelPool:
 
     @staticmethod
     def _allow_upstream(record: ModelRecord) -> None:
-        """An upstream model added after start-up: let the egress guard reach its host."""
+        """A model added after start-up: let the egress guard reach its engine's declared hosts."""
         from intramuros.egress import current_guard
+        from intramuros.engines.registry import model_hosts
 
-        guard, host = current_guard(), record.upstream_host()
-        if guard is not None and host is not None and not guard.policy.allows_name(host):
-            guard.update(guard.policy.with_hosts(host))
+        guard = current_guard()
+        if guard is None:
+            return
+        new = [h for h in model_hosts(record.engine, record.options)
+               if not guard.policy.allows_name(h)]  # fmt: skip
+        if new:
+            guard.update(guard.policy.with_hosts(*new))
 
     async def close(self) -> None:
         """Unload everything."""

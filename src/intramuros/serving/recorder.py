@@ -1,68 +1,175 @@
-"""Writing a call down: metrics, request log, usage, quota charge and the ledger record.
+"""Writing calls down: metrics, request log, usage, quota charge and the ledger record.
 
-Every model call, the workloads' included, ends here. The writing runs in a
-thread (databases block); :meth:`CallRecorder.finish` returns once it is done,
-so that an answer's last byte leaves after its record, and a caller cancelled
-meanwhile (its client went away) does not stop it. A streamed call is also
-put on record when it opens (:meth:`CallRecorder.open`), before its first byte.
+Every model call, the workloads' included, ends here. One writer thread owns
+the writing: calls hand it their records and it writes each burst of them
+(whatever arrived while it wrote the last one, up to ``MAX_BURST``) in one
+transaction, with one hold of the ledger's append lock: group commit. The
+event loop never touches the database for a call's records.
+
+What callers can rely on (docs/ARCHITECTURE.md, "Recording calls"):
+
+* :meth:`CallRecorder.finish` returns once the call's records are committed,
+  so that an answer's last byte leaves after its record: a call whose answer
+  the client received is in the request log, the usage totals and the ledger,
+  and ``GET /v1/requests/{id}`` and ``ledger verify`` see it. A crash after
+  that loses nothing; a crash before it loses only calls not yet answered.
+* A caller cancelled while waiting (its client went away) does not stop the
+  writing: the record is written all the same.
+* A streamed call is also put on record when it opens
+  (:meth:`CallRecorder.open`), before its first byte.
+* A burst that fails as a whole (a database error) is retried, then written
+  call by call, so that one bad record costs only itself; a record that
+  cannot be written at all is logged and counted (``ledger_failures``), and
+  the answer still goes out.
+* :meth:`CallRecorder.close` writes whatever is queued before it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import queue
+import threading
 import time
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from intramuros.errors import IntramurosError
+from intramuros.errors import ClientError, IntramurosError
 from intramuros.gate.quotas import Quotas, record_usage
 from intramuros.ledger import Ledger
+from intramuros.ledger.ledger import Appending
 from intramuros.meter.energy import EnergyMeter
 from intramuros.meter.metrics import Metrics
 from intramuros.meter.price import PriceModel
 from intramuros.meter.tables import record_metering
-from intramuros.serving.calls import CallMeter, metering_of
-from intramuros.store.db import Database
+from intramuros.platform.call import CallMeter
+from intramuros.serving.calls import metering_of
+from intramuros.store.db import request_log
 
 log = logging.getLogger(__name__)
 
+# Most calls written in one transaction: bounds how long one commit holds the lock.
+MAX_BURST = 256
+# A burst that fails (the database busy past its timeout, say) is tried this many times,
+# this long apart, before its calls are written one by one.
+RETRIES = 3
+RETRY_PAUSE = 0.2
+
+
+def _noop() -> None:
+    pass
+
+
+@dataclass
+class _Job:
+    """One call's records to write, and who is waiting for them."""
+
+    kind: Literal["open", "close", "event"]
+    meter: CallMeter | None
+    exc: BaseException | None = None
+    # An audit event's ledger fields (kind "event").
+    event: dict[str, Any] | None = None
+    # Set by the writer once the job is committed.
+    written: bool = False
+    # Set (from the writer thread) once written; called with nothing.
+    done: Callable[[], None] = _noop
+    # Filled in before the job is queued (the meter is still the caller's until then).
+    now: float = 0.0
+
 
 class CallRecorder:
-    """Writes the records of calls; built once per service."""
+    """Writes the records of calls, in bursts, from one writer thread; built once per service."""
 
-    def __init__(self, db: Database, ledger: Ledger, quotas: Quotas, metrics: Metrics,
-                 energy: EnergyMeter, prices: PriceModel) -> None:  # fmt: skip
-        self.db = db
+    def __init__(self, ledger: Ledger, quotas: Quotas, metrics: Metrics, energy: EnergyMeter,
+                 prices: PriceModel) -> None:  # fmt: skip
         self.ledger = ledger
         self.quotas = quotas
         self.metrics = metrics
         self.energy = energy
         self.prices = prices
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        # Transactions committed, and jobs in them (for tests and the benchmark).
+        self.commits = 0
+        self.committed_jobs = 0
+
+    # -- the caller's side (event loop) ------------------------------------------
 
     async def finish(self, meter: CallMeter, exc: BaseException | None = None) -> None:
-        """Record the call (metrics, request log, usage, ledger), off the event loop.
+        """Record the call (metrics, request log, usage, ledger); return once committed.
 
-        Returns once the records are written, so that an answer's last byte
-        leaves after its record. A caller cancelled while waiting (the client
-        went away) does not stop the writing: it carries on in its thread.
+        A caller cancelled while waiting (the client went away) does not stop
+        the writing: the job is already with the writer.
         """
-        writing = asyncio.ensure_future(asyncio.to_thread(self.write, meter, exc))
-        await asyncio.shield(writing)
+        await self._submit(_Job("close", meter, exc))
 
     async def open(self, meter: CallMeter) -> None:
         """Put the opening of a streamed call on record, once, before its first byte."""
         if meter.opened:
             return
         meter.opened = True
-        await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(self.write_open, meter)))
+        await self._submit(_Job("open", meter))
 
-    def write(self, meter: CallMeter, exc: BaseException | None = None) -> None:
-        """Record the call in metrics, the request log, usage and the ledger (blocking)."""
+    async def event(self, kind: str, *, tenant: str | None, key_id: str | None,
+                    subject: str | None, data: Mapping[str, Any]) -> bool:  # fmt: skip
+        """Append an audit record with the next burst; True once committed, False if it
+        could not be written (logged and counted, not raised)."""
+        job = _Job("event", None, event={"kind": kind, "tenant": tenant, "key_id": key_id,
+                                         "subject": subject, "data": data})  # fmt: skip
+        await self._submit(job)
+        return job.written
+
+    async def _submit(self, job: _Job) -> None:
+        loop = asyncio.get_running_loop()
+        written = loop.create_future()
+
+        def done() -> None:
+            # The loop may have closed meanwhile (a CLI command ending): no one waits then.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, written)
+
+        job.done = done
+        self._prepare(job)
+        self._put(job)
+        await asyncio.shield(written)
+
+    def close(self) -> None:
+        """Write everything queued, then stop the writer (blocking; idempotent)."""
+        with self._start_lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join()
+
+    def _put(self, job: _Job) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                # Started on first use, and again after close() (a service reopened in tests
+                # and by the CLI): close() only stops it once the queue is written.
+                self._thread = threading.Thread(target=self._run, name="call-recorder",
+                                                daemon=True)  # fmt: skip
+                self._thread.start()
+            self._queue.put(job)
+
+    def _prepare(self, job: _Job) -> None:
+        """Close the meter and count the call in metrics (cheap; on the caller's side)."""
+        meter, exc = job.meter, job.exc
+        job.now = time.perf_counter()
+        if job.kind != "close" or meter is None:
+            return
         if isinstance(exc, IntramurosError):
             meter.status, meter.error_code = exc.status, exc.code
         elif exc is not None:
+            # The client went away (the call was cancelled: 499, as nginx logs it) or
+            # something unexpected broke (500).
+            if meter.status < 400:
+                cancelled = isinstance(exc, GeneratorExit | asyncio.CancelledError)
+                meter.status = 499 if cancelled else 500
             meter.error_code = meter.error_code or type(exc).__name__
-        now = time.perf_counter()
+        now = job.now
         meter.ended = now
         self.energy.stop(meter.energy)
         energy = meter.energy
@@ -81,56 +188,126 @@ class CallRecorder:
             m.ttft.labels(meter.model).observe(meter.first_token - meter.started)
         if meter.queued_until is not None:
             m.queue_wait.labels(meter.model).observe(meter.queued_until - meter.started)
+        if meter.tenant is not None and meter.status < 400:
+            # The per-minute windows are in memory: charged now, not at the commit, so
+            # that the next call of the same key sees them.
+            scopes = [("tenant", meter.tenant)]
+            if meter.key_id is not None:
+                scopes.append(("key", meter.key_id))
+            self.quotas.charge(scopes, meter.prompt_tokens + meter.completion_tokens)
+
+    # -- the writer thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            burst = [job]
+            stop = False
+            while len(burst) < MAX_BURST:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                burst.append(more)
+            self._write_burst(burst)
+            if stop:
+                return
+
+    def _write_burst(self, burst: list[_Job]) -> None:
         try:
-            self.db.log_request(
-                request_id=meter.request_id, ts=time.time(), route=meter.route,
-                model=meter.model, status=meter.status, error_code=meter.error_code,
-                prompt_tokens=meter.prompt_tokens, completion_tokens=meter.completion_tokens,
-                latency_ms=(now - meter.started) * 1000,
-                ttft_ms=((meter.first_token - meter.started) * 1000
-                         if meter.first_token is not None else None),
-                weights_sha256=meter.weights_sha256, tenant=meter.tenant, key_id=meter.key_id,
-                cpu_seconds=energy.cpu_seconds, energy_joules=energy.joules,
-                energy_source=energy.source, cost_eur=meter.cost_eur,
-                co2e_grams=meter.co2e_grams,
-            )  # fmt: skip
-            if meter.tenant is not None and meter.status < 400:
-                tokens = meter.prompt_tokens + meter.completion_tokens
-                scopes = [("tenant", meter.tenant)]
-                if meter.key_id is not None:
-                    scopes.append(("key", meter.key_id))
-                self.quotas.charge(scopes, tokens)
-                record_usage(self.db, tenant=meter.tenant, key_id=meter.key_id or "-",
-                             model=meter.model, prompt=meter.prompt_tokens,
-                             completion=meter.completion_tokens, now=time.time())  # fmt: skip
-                record_metering(self.db, tenant=meter.tenant, key_id=meter.key_id or "-",
-                                model=meter.model, now=time.time(),
-                                cpu_seconds=energy.cpu_seconds, energy_joules=energy.joules,
-                                cost_eur=meter.cost_eur,
-                                co2e_grams=meter.co2e_grams)  # fmt: skip
-        except IntramurosError as err:  # the answer matters more than its log line
-            log.error("could not write request log: %s", err.message)
-        self._record(meter, now)
+            if not self._commit(burst, RETRIES):
+                if len(burst) == 1:
+                    self._lost(burst[0])
+                else:
+                    # One bad record must not cost the others theirs: each on its own.
+                    for job in burst:
+                        if not self._commit([job], 1):
+                            self._lost(job)
+        finally:
+            for job in burst:
+                if job.kind == "close" and job.meter is not None and job.meter.pii is not None:
+                    # The call is over: its values and placeholders are freed here, in
+                    # this thread, rather than wherever the last reference goes.
+                    job.meter.pii.release()
+                job.done()
 
-    def write_open(self, meter: CallMeter) -> None:
-        """Append the opening of a streamed call to the ledger, before its first byte.
+    def _commit(self, burst: list[_Job], tries: int) -> bool:
+        """Write ``burst`` in one transaction; False if it failed ``tries`` times."""
+        for attempt in range(tries):
+            try:
+                with self.ledger.appending() as tx:
+                    for job in burst:
+                        self._write(tx, job)
+                for job in burst:
+                    job.written = True
+                self.commits += 1
+                self.committed_jobs += len(burst)
+                return True
+            except ClientError as err:  # a record that can never be written: no retry
+                log.warning("a call record was refused: %s", err.message)
+                return False
+            except IntramurosError as err:
+                problem = err.message
+            except Exception as exc:  # the writer must outlive any one record
+                log.exception("writing %d call record(s) failed", len(burst))
+                problem = type(exc).__name__
+            log.warning("writing %d call record(s) failed (try %d of %d): %s", len(burst),
+                        attempt + 1, tries, problem)  # fmt: skip
+            if attempt + 1 < tries:
+                time.sleep(RETRY_PAUSE * (attempt + 1))
+        return False
 
-        A crash (``kill -9``) mid-stream then leaves this record without its
-        closing ``model_call`` record: the call is known to have been answered
-        in part.
-        """
-        data = {"request_id": meter.request_id, "route": meter.route, "model": meter.model,
-                "weights_sha256": meter.weights_sha256, "streaming": True,
-                "pii": meter.pii.summary() if meter.pii else {}}  # fmt: skip
-        try:
-            self.ledger.append("model_call_open", tenant=meter.tenant, key_id=meter.key_id,
-                               subject=meter.subject, data=data)  # fmt: skip
-        except IntramurosError as err:
-            self.metrics.ledger_failures.inc()
-            log.error("could not append to the ledger: %s", err.message)
+    def _lost(self, job: _Job) -> None:
+        # A call whose record cannot be written is still answered; the failure is loud in
+        # the log and in the metrics, where operators look.
+        self.metrics.ledger_failures.inc()
+        what = job.meter.request_id if job.meter is not None else (job.event or {}).get("kind")
+        log.error("could not record the %s of %s", job.kind, what)
 
-    def _record(self, meter: CallMeter, now: float) -> None:
-        """Append the call to the ledger: who, what, which weights, what policy did."""
+    def _write(self, tx: Appending, job: _Job) -> None:
+        if job.event is not None:
+            tx.append(**job.event)
+            return
+        meter = job.meter
+        assert meter is not None
+        if job.kind == "open":
+            opening = {"request_id": meter.request_id, "route": meter.route,
+                       "model": meter.model, "weights_sha256": meter.weights_sha256,
+                       "streaming": True,
+                       "pii": meter.pii.summary() if meter.pii else {}}  # fmt: skip
+            # A crash (``kill -9``) mid-stream then leaves this record without its
+            # closing ``model_call`` record: the call is known to have been answered in part.
+            tx.append("model_call_open", tenant=meter.tenant, key_id=meter.key_id,
+                      subject=meter.subject, data=opening)  # fmt: skip
+            return
+        now = job.now
+        energy = meter.energy
+        wall = time.time()
+        tx.conn.execute(request_log.insert().values(
+            request_id=meter.request_id, ts=wall, route=meter.route,
+            model=meter.model, status=meter.status, error_code=meter.error_code,
+            prompt_tokens=meter.prompt_tokens, completion_tokens=meter.completion_tokens,
+            latency_ms=(now - meter.started) * 1000,
+            ttft_ms=((meter.first_token - meter.started) * 1000
+                     if meter.first_token is not None else None),
+            weights_sha256=meter.weights_sha256, tenant=meter.tenant, key_id=meter.key_id,
+            cpu_seconds=energy.cpu_seconds, energy_joules=energy.joules,
+            energy_source=energy.source, cost_eur=meter.cost_eur,
+            co2e_grams=meter.co2e_grams,
+        ))  # fmt: skip
+        if meter.tenant is not None and meter.status < 400:
+            record_usage(tx.conn, tenant=meter.tenant, key_id=meter.key_id or "-",
+                         model=meter.model, prompt=meter.prompt_tokens,
+                         completion=meter.completion_tokens, now=wall)  # fmt: skip
+            record_metering(tx.conn, tenant=meter.tenant, key_id=meter.key_id or "-",
+                            model=meter.model, now=wall, cpu_seconds=energy.cpu_seconds,
+                            energy_joules=energy.joules, cost_eur=meter.cost_eur,
+                            co2e_grams=meter.co2e_grams)  # fmt: skip
         data: dict[str, Any] = {
             "request_id": meter.request_id, "route": meter.route, "model": meter.model,
             "weights_sha256": meter.weights_sha256, "status": meter.status,
@@ -152,15 +329,10 @@ class CallRecorder:
                                                              for t in meter.prompt_texts],
                 "output": decision.for_record("".join(meter.output)),
             }
-        if meter.pii is not None:
-            # The call is over: its values and placeholders are freed here, in this
-            # worker thread, rather than wherever the last reference goes.
-            meter.pii.release()
-        try:
-            self.ledger.append("model_call", tenant=meter.tenant, key_id=meter.key_id,
-                               subject=meter.subject, data=data, content=content)  # fmt: skip
-        except IntramurosError as err:
-            # A call whose record cannot be written is still answered; the failure is
-            # loud in the log and in the metrics, where operators look.
-            self.metrics.ledger_failures.inc()
-            log.error("could not append to the ledger: %s", err.message)
+        tx.append("model_call", tenant=meter.tenant, key_id=meter.key_id,
+                  subject=meter.subject, data=data, content=content)  # fmt: skip
+
+
+def _resolve(written: asyncio.Future[None]) -> None:
+    if not written.done():
+        written.set_result(None)

@@ -1,8 +1,16 @@
 """Persistence: one SQLAlchemy Core engine over SQLite (default) or PostgreSQL.
 
-The schema is versioned from day one: ``MIGRATIONS`` is an append-only list
-of steps, each applied once, in order, inside a transaction, and recorded in
-``schema_migrations``. Never edit a released step; add a new one.
+Each area owns its tables and the steps that create and change them. An area
+registers a function returning its steps (:class:`Migration`: area, step
+number, name, what it does) in the entry-point group ``intramuros.migrations``;
+:meth:`Database.migrate` runs every registered step not yet applied, each in a
+transaction, in the order of the areas' ranks and then of their step numbers,
+and records it in ``schema_steps``. Never edit a released step; add a new one.
+The store itself owns the catalogue's ``models`` table and the request log.
+
+Databases made before areas numbered their own steps recorded one global
+version per step in ``schema_migrations``; they are adopted once (see
+:data:`LEGACY_VERSIONS`).
 """
 
 from __future__ import annotations
@@ -66,44 +74,6 @@ request_log = sa.Table(
     sa.Column("co2e_grams", sa.Float, nullable=True),
 )
 
-tenants = sa.Table(
-    "tenants",
-    metadata,
-    sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("policy", sa.Text, nullable=False),
-    # Added by migration 11 (gate/tables.py): what other tables store as the tenant.
-    sa.Column("id", sa.String(64), nullable=True, unique=True),
-)
-
-api_keys = sa.Table(
-    "api_keys",
-    metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("tenant", sa.String(64), nullable=False, index=True),
-    sa.Column("role", sa.String(16), nullable=False),
-    sa.Column("salt", sa.String(64), nullable=False),
-    sa.Column("hash", sa.String(128), nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("expires_at", sa.Float, nullable=True),
-    sa.Column("revoked_at", sa.Float, nullable=True),
-    sa.Column("models", sa.Text, nullable=True),
-    sa.Column("limits", sa.Text, nullable=True),
-)
-
-usage = sa.Table(
-    "usage",
-    metadata,
-    sa.Column("tenant", sa.String(64), primary_key=True),
-    sa.Column("key_id", sa.String(32), primary_key=True),
-    sa.Column("model", sa.String(200), primary_key=True),
-    sa.Column("day", sa.String(10), primary_key=True),
-    sa.Column("requests", sa.Integer, nullable=False),
-    sa.Column("prompt_tokens", sa.BigInteger, nullable=False),
-    sa.Column("completion_tokens", sa.BigInteger, nullable=False),
-)
-
-
 def _v1_tables() -> tuple[sa.Table, ...]:
     """``models`` and ``request_log`` exactly as version 1 created them."""
     v1 = sa.MetaData()
@@ -134,35 +104,6 @@ def _v1_tables() -> tuple[sa.Table, ...]:
     )  # fmt: skip
 
 
-def _v3_tenants(conn: Connection) -> None:
-    """``tenants`` exactly as version 3 created it (11 adds ``id``), with keys and usage."""
-    v3 = sa.MetaData()
-    sa.Table(
-        "tenants", v3,
-        sa.Column("name", sa.String(64), primary_key=True),
-        sa.Column("created_at", sa.Float, nullable=False),
-        sa.Column("policy", sa.Text, nullable=False),
-    ).create(conn)  # fmt: skip
-    for table in (api_keys, usage):
-        table.to_metadata(v3).create(conn)
-
-
-def _create(*tables: sa.Table) -> Callable[[Connection], None]:
-    """Create tables from a private copy of their definition.
-
-    The copy keeps later DDL off the shared ``metadata``. When a later step
-    alters one of these tables, freeze the earlier step by spelling the table
-    out as it was then (see ``_v1_tables``).
-    """
-
-    def step(conn: Connection) -> None:
-        frozen = sa.MetaData()
-        for table in tables:
-            table.to_metadata(frozen).create(conn)
-
-    return step
-
-
 def _create_v1(conn: Connection) -> None:
     for table in _v1_tables():
         table.create(conn)
@@ -180,49 +121,89 @@ def _sql(*statements: str) -> Callable[[Connection], None]:
 
 @dataclass(frozen=True)
 class Migration:
-    """One schema step: its version, a name for humans, and what it does."""
+    """One schema step of an area.
 
-    version: int
+    ``rank`` orders the areas (an area's steps may need another's tables: the
+    store's come first, then the ledger, the gate, metering, then workloads);
+    within an area, ``step`` numbers count from 1 and are never reused.
+    """
+
+    area: str
+    step: int
     name: str
     apply: Callable[[Connection], None]
+    rank: int = 100
 
 
-def _ledger_step(conn: Connection) -> None:
-    from intramuros.ledger.tables import ledger_migration_steps
+MIGRATIONS_GROUP = "intramuros.migrations"
 
-    for _name, apply in ledger_migration_steps():
-        apply(conn)
-
-
-def _area_step(module: str, steps: str = "migration_steps") -> Callable[[Connection], None]:
-    """A step owned by one area's ``tables`` module (``migration_steps()``), imported late."""
-
-    def step(conn: Connection) -> None:
-        import importlib
-
-        for _name, apply in getattr(importlib.import_module(module), steps)():
-            apply(conn)
-
-    return step
+# The global versions of databases made before areas numbered their own steps.
+LEGACY_VERSIONS: dict[int, tuple[str, int]] = {
+    1: ("store", 1), 2: ("store", 2), 3: ("gate", 1), 4: ("store", 3), 5: ("ledger", 1),
+    6: ("meter", 1), 7: ("docai", 1), 8: ("kyc", 1), 9: ("docai", 2), 10: ("ledger", 2),
+    11: ("gate", 2),
+}  # fmt: skip
 
 
-MIGRATIONS: list[Migration] = [
-    Migration(1, "models and request log", _create_v1),
-    Migration(2, "request log by time", _sql("CREATE INDEX ix_request_log_ts ON request_log (ts)")),
-    Migration(3, "tenants, api keys, usage", _v3_tenants),
-    Migration(4, "request log by tenant", _sql(
-        "ALTER TABLE request_log ADD COLUMN tenant VARCHAR(64)",
-        "ALTER TABLE request_log ADD COLUMN key_id VARCHAR(32)",
-        "CREATE INDEX ix_request_log_tenant ON request_log (tenant, ts)",
-    )),
-    Migration(5, "ledger records and encrypted content", _ledger_step),
-    Migration(6, "metering: energy, cost, CO2", _area_step("intramuros.meter.tables")),
-    Migration(7, "files and document jobs", _area_step("intramuros.docai.tables")),
-    Migration(8, "kyc lists, customers, cases", _area_step("intramuros.kyc.tables")),
-    Migration(9, "files expire", _area_step("intramuros.docai.tables", "expiry_steps")),
-    Migration(10, "ledger MACs", _area_step("intramuros.ledger.tables", "chain_mac_steps")),
-    Migration(11, "tenants are identities", _area_step("intramuros.gate.tables")),
-]
+def store_migrations() -> list[Migration]:
+    """The store's own steps: the catalogue's records and the request log."""
+    return [
+        Migration("store", 1, "models and request log", _create_v1, rank=0),
+        Migration("store", 2, "request log by time",
+                  _sql("CREATE INDEX ix_request_log_ts ON request_log (ts)"), rank=0),
+        Migration("store", 3, "request log by tenant", _sql(
+            "ALTER TABLE request_log ADD COLUMN tenant VARCHAR(64)",
+            "ALTER TABLE request_log ADD COLUMN key_id VARCHAR(32)",
+            "CREATE INDEX ix_request_log_tenant ON request_log (tenant, ts)",
+        ), rank=0),
+    ]  # fmt: skip
+
+
+def installed_migrations() -> list[Migration]:
+    """Every step the installed areas register, in the order they are applied."""
+    from importlib.metadata import entry_points
+
+    found: list[Migration] = []
+    for point in entry_points(group=MIGRATIONS_GROUP):
+        try:
+            steps = point.load()()
+        except Exception as exc:  # a broken plug-in: say which, never a traceback
+            raise ConfigError(f"Migrations of '{point.name}' ({point.value}) cannot be loaded: "
+                              f"{type(exc).__name__}: {exc}") from None
+        found.extend(steps)
+    seen: set[tuple[str, int]] = set()
+    for m in found:
+        if (m.area, m.step) in seen:
+            raise ConfigError(f"Migration step {m.step} of area '{m.area}' is declared twice.")
+        seen.add((m.area, m.step))
+    return sorted(found, key=lambda m: (m.rank, m.area, m.step))
+
+
+Step = Callable[[Connection], None]
+
+
+def area_steps(area: str, rank: int, steps: list[tuple[str, list[Step]]]) -> list[Migration]:
+    """An area's steps from ``(name, [apply, ...])`` pairs: step numbers from 1, in order."""
+
+    def run_all(applies: list[Callable[[Connection], None]]) -> Callable[[Connection], None]:
+        def step(conn: Connection) -> None:
+            for apply in applies:
+                apply(conn)
+
+        return step
+
+    return [Migration(area, i, name, run_all(applies), rank=rank)
+            for i, (name, applies) in enumerate(steps, start=1)]  # fmt: skip
+
+
+schema_steps = sa.Table(
+    "schema_steps",
+    metadata,
+    sa.Column("area", sa.String(100), primary_key=True),
+    sa.Column("step", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("applied_at", sa.Float, nullable=False),
+)
 
 
 class Database:
@@ -248,37 +229,49 @@ class Database:
         except SQLAlchemyError as exc:
             raise ServerError(f"Database error: {type(exc).__name__}") from exc
 
-    def migrate(self) -> list[int]:
-        """Apply the steps not yet applied; return their versions."""
-        applied: list[int] = []
+    def migrate(self, steps: list[Migration] | None = None) -> list[tuple[str, int]]:
+        """Apply the steps not yet applied (default: every installed area's); return them."""
+        wanted = installed_migrations() if steps is None else steps
+        applied: list[tuple[str, int]] = []
         try:
             with self.engine.begin() as conn:
-                schema_migrations.create(conn, checkfirst=True)
-            for step in MIGRATIONS:
+                self._adopt_legacy(conn)
+            for step in wanted:
                 with self.engine.begin() as conn:
-                    done = conn.execute(
-                        sa.select(schema_migrations.c.version).where(
-                            schema_migrations.c.version == step.version
-                        )
-                    ).first()
+                    done = conn.execute(sa.select(schema_steps.c.step).where(
+                        schema_steps.c.area == step.area, schema_steps.c.step == step.step,
+                    )).first()  # fmt: skip
                     if done:
                         continue
                     step.apply(conn)
-                    conn.execute(
-                        schema_migrations.insert().values(
-                            version=step.version, name=step.name, applied_at=time.time()
-                        )
-                    )
-                    applied.append(step.version)
+                    conn.execute(schema_steps.insert().values(
+                        area=step.area, step=step.step, name=step.name, applied_at=time.time()))
+                    applied.append((step.area, step.step))
         except SQLAlchemyError as exc:
             raise ConfigError(f"Cannot prepare the database at {self.safe_url()}: {exc}") from None
         return applied
 
-    def schema_version(self) -> int:
-        """The highest applied migration."""
+    @staticmethod
+    def _adopt_legacy(conn: Connection) -> None:
+        """Create ``schema_steps``; record there what ``schema_migrations`` says was done."""
+        inspector = sa.inspect(conn)
+        if inspector.has_table("schema_steps"):
+            return
+        schema_steps.to_metadata(sa.MetaData()).create(conn)
+        if not inspector.has_table("schema_migrations"):
+            return
+        rows = conn.execute(sa.select(schema_migrations)).all()
+        for row in rows:
+            area, step = LEGACY_VERSIONS[int(row.version)]
+            conn.execute(schema_steps.insert().values(area=area, step=step, name=row.name,
+                                                      applied_at=row.applied_at))  # fmt: skip
+
+    def applied_steps(self) -> list[tuple[str, int]]:
+        """Every step applied so far, as ``(area, step)``."""
         with self.begin() as conn:
-            value = conn.execute(sa.select(sa.func.max(schema_migrations.c.version))).scalar()
-        return int(value or 0)
+            rows = conn.execute(sa.select(schema_steps.c.area, schema_steps.c.step)
+                                .order_by(schema_steps.c.area, schema_steps.c.step)).all()
+        return [(str(r.area), int(r.step)) for r in rows]
 
     def safe_url(self) -> str:
         """The URL without its password, for messages."""

@@ -7,28 +7,41 @@ cannot read, reports those at the end, and exits 1 if any failed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import typing
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
+from intramuros.errors import IntramurosError
+from intramuros.platform.cli import (
+    STATE_FIELDS,
+    CliContext,
+    actor,
+    console,
+    context,
+    fail,
+    load_options,
+    settings_options,
+)
+from intramuros.settings import Settings, section
+from intramuros.voice import protocol as p
 from intramuros.voice.protocol import RESPONSE_FORMATS
+from intramuros.voice.settings import VoiceSettings
 
-# Settings of the voice section the command takes besides where the state lives.
+# Settings the command takes besides where the state lives: its section's and the
+# speech engine's.
 _VOICE_FIELDS = ("voice_default_model", "voice_max_audio_seconds", "voice_block_seconds",
                  "voice_compute_type", "voice_threads", "voice_beam_size", "voice_batch_size",
                  "voice_vad")  # fmt: skip
 
-
-def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    # Imported lazily: intramuros.cli imports this module while it is being built.
-    from intramuros.cli import _STATE_FIELDS, settings_options
-
-    return settings_options(*_STATE_FIELDS, *_VOICE_FIELDS)(func)
+# What a file's transcription reports as it goes: seconds done of seconds in all, then
+# where the result went.
+_Step = tuple[float, float] | Path
 
 
 @click.command("transcribe")
@@ -41,54 +54,30 @@ def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--prompt", default=None, help="Text to guide style or vocabulary.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Write results here (default: next to each input).")  # fmt: skip
-@_settings_options
+@settings_options(*STATE_FIELDS, *_VOICE_FIELDS)
 def transcribe(files: tuple[Path, ...], model: str | None, language: str | None,
                translate: bool, fmt: str, prompt: str | None, out_dir: Path | None,
                **options: Any) -> None:  # fmt: skip
     """Transcribe audio files (wav, mp3, m4a, ogg, flac, webm) with a local speech model."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from intramuros.cli import _audit, _catalog, _fail, _settings, console
-    from intramuros.errors import IntramurosError
-    from intramuros.voice import protocol as p
     from intramuros.voice.languages import language_code
+    from intramuros.voice.service import model_name
 
     try:
-        settings = _settings(options)
-        name = _model_name(model, settings.voice_default_model)
+        settings = load_options(options)
+        voice = section(settings, VoiceSettings)
+        name = model_name(model or voice.voice_default_model, voice.voice_default_model)
         req = p.AudioRequest(task="translate" if translate else "transcribe", filename="",
                              data=b"", model=name, language=language_code(language),
                              prompt=prompt, response_format=typing.cast(p.ResponseFormat, fmt),
                              words=fmt == "verbose_json")  # fmt: skip
-        engine = _load(_catalog(options), name, req.task, settings)
     except IntramurosError as exc:
-        _fail(exc)
-        return
+        fail(exc)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-    failed: list[tuple[Path, str]] = []
-    done = 0
-    columns = (TextColumn("{task.description}"), BarColumn(),
-               TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())  # fmt: skip
-    with Progress(*columns, console=console, transient=False) as progress:
-        overall = progress.add_task(f"{len(files)} file(s), {name}", total=len(files))
-        for path in files:
-            current = progress.add_task(path.name, total=None)
-            try:
-                dest = _transcribe_one(engine, path, req, settings, out_dir,
-                                       lambda done_s, total_s, t=current: progress.update(
-                                           t, completed=done_s, total=total_s))  # fmt: skip
-                done += 1
-                progress.update(current, description=f"{path.name} -> {dest.name}")
-            except IntramurosError as exc:
-                failed.append((path, exc.message))
-                progress.update(current, description=f"{path.name}: failed")
-            except OSError as exc:
-                failed.append((path, exc.strerror or str(exc)))
-                progress.update(current, description=f"{path.name}: failed")
-            progress.update(overall, advance=1)
-    engine.close()
-    _audit(options, "transcribe", None, model=name, files=len(files), failed=len(failed))
+    try:
+        done, failed = asyncio.run(_transcribe_all(context(), settings, files, req, out_dir))
+    except IntramurosError as exc:
+        fail(exc)
     console.print(f"{done} transcribed, {len(failed)} failed", highlight=False)
     for path, message in failed:
         click.echo(f"error: {path}: {' '.join(message.split())}", err=True)
@@ -96,34 +85,55 @@ def transcribe(files: tuple[Path, ...], model: str | None, language: str | None,
         raise SystemExit(1)
 
 
-def _model_name(model: str | None, default: str) -> str:
-    from intramuros.voice.service import model_name
+async def _transcribe_all(ctx: CliContext, settings: Settings, files: tuple[Path, ...],
+                          req: p.AudioRequest,
+                          out_dir: Path | None) -> tuple[int, list[tuple[Path, str]]]:  # fmt: skip
+    """Every file through the model's lane in this process: (done, failed with why)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return model_name(model or default, default)
-
-
-def _load(catalog: Any, name: str, task: Any, settings: Any) -> Any:
-    """The speech model's engine, verified and loaded in this process."""
-    from intramuros.engines.registry import engine_class
-    from intramuros.errors import EngineUnavailable
     from intramuros.voice.service import check_capability
 
-    record = catalog.get(name)
-    check_capability(record, task)
-    catalog.ensure_files(record)
-    catalog.verify_record(record)
-    try:
-        cls = engine_class(record.engine)
-    except Exception as exc:  # ConfigError: a missing plug-in
-        raise EngineUnavailable(f"Model '{name}' needs engine '{record.engine}': {exc}") from None
-    engine = cls(record, settings)
-    engine.load()
-    return engine
+    voice = section(settings, VoiceSettings)
+    failed: list[tuple[Path, str]] = []
+    done = 0
+    async with ctx.open(settings) as platform:
+        check_capability(await platform.model_record(req.model), req.task)
+        lane = await platform.lane(req.model)
+        columns = (TextColumn("{task.description}"), BarColumn(),
+                   TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())  # fmt: skip
+        with Progress(*columns, console=console, transient=False) as progress:
+            overall = progress.add_task(f"{len(files)} file(s), {req.model}", total=len(files))
+            for path in files:
+                current = progress.add_task(path.name, total=None)
+
+                def work(cancel: threading.Event, path: Path = path) -> Iterator[_Step]:
+                    return _transcribe_one(lane.engine, path, req, voice, out_dir, cancel)
+
+                try:
+                    async for step in lane.stream(work):
+                        if isinstance(step, Path):
+                            done += 1
+                            progress.update(current, description=f"{path.name} -> {step.name}")
+                        else:
+                            progress.update(current, completed=step[0], total=step[1])
+                except IntramurosError as exc:
+                    failed.append((path, exc.message))
+                    progress.update(current, description=f"{path.name}: failed")
+                except OSError as exc:
+                    failed.append((path, exc.strerror or str(exc)))
+                    progress.update(current, description=f"{path.name}: failed")
+                progress.update(overall, advance=1)
+        await asyncio.to_thread(
+            platform.auditor.append, "admin", tenant=None, key_id=None, subject=None,
+            data={"action": "transcribe", "actor": actor(), "model": req.model,
+                  "files": len(files), "failed": len(failed)},
+        )  # fmt: skip
+    return done, failed
 
 
-def _transcribe_one(engine: Any, path: Path, req: Any, settings: Any, out_dir: Path | None,
-                    report: Any) -> Path:  # fmt: skip
-    """Decode, transcribe and write one file; returns where the result went."""
+def _transcribe_one(engine: Any, path: Path, req: p.AudioRequest, settings: VoiceSettings,
+                    out_dir: Path | None, cancel: threading.Event) -> Iterator[_Step]:  # fmt: skip
+    """Decode, transcribe and write one file: progress as it goes, then the result's path."""
     from intramuros.engines.base import TranscriptionStart, TranscriptSegment
     from intramuros.voice.audio import probe
     from intramuros.voice.blocks import BlockRun, blocks, transcribe_blocks
@@ -137,17 +147,16 @@ def _transcribe_one(engine: Any, path: Path, req: Any, settings: Any, out_dir: P
     params = params_of(req, settings.voice_vad)
     language = req.language or "en"
     segments: list[TranscriptSegment] = []
-    report(0.0, audio.duration)
+    yield (0.0, audio.duration)
     run = BlockRun(duration=audio.duration)
-    cancel = threading.Event()
     pieces = blocks(data, audio, block_seconds=settings.voice_block_seconds, stop=cancel.is_set)
     for event in transcribe_blocks(engine, pieces, params, cancel, run):
         if isinstance(event, TranscriptionStart):
             language = event.language
         else:
             segments.append(event)
-            report(min(event.end, audio.duration), audio.duration)
-    report(audio.duration, audio.duration)
+            yield (min(event.end, audio.duration), audio.duration)
+    yield (audio.duration, audio.duration)
     language = run.language or language
     transcript = Transcript(req.task, language, audio.duration, tuple(segments))
     body = render(transcript, req.response_format, req.words)
@@ -156,4 +165,4 @@ def _transcribe_one(engine: Any, path: Path, req: Any, settings: Any, out_dir: P
     if dest.resolve() == path.resolve():
         raise OSError(f"the output would overwrite the input {path}")
     dest.write_text(text, encoding="utf-8")
-    return dest
+    yield dest

@@ -1,6 +1,6 @@
 """The voice workload: speech to text behind the gate.
 
-A request is checked (``protocol``), admitted by the core service
+A request is checked (``protocol``), admitted by the platform
 (``begin_call``: key may use the model, quotas), its ``prompt`` inspected
 under the tenant's personal-data policy (``policy``), its audio checked by
 decoding it once in one of ``voice_decode_concurrency`` decoder slots (a
@@ -26,7 +26,6 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
 
 from intramuros.catalog.records import Capability, ModelRecord
 from intramuros.engines.base import (
@@ -40,15 +39,18 @@ from intramuros.errors import EngineError, IntramurosError, ModelCapabilityError
 from intramuros.gate.policy import TenantPolicy
 from intramuros.gate.privacy import PersonalDataBlocked
 from intramuros.gate.tenants import Principal
-from intramuros.serving.calls import CallMeter
+from intramuros.platform.aio import first
+from intramuros.platform.call import CallMeter
+from intramuros.platform.interface import Platform
 from intramuros.serving.scheduler import Lane
-from intramuros.serving.service import InferenceService
+from intramuros.settings import section
 from intramuros.voice import protocol as p
 from intramuros.voice.audio import DecodedAudio, probe
 from intramuros.voice.blocks import BlockRun, blocks, transcribe_blocks
 from intramuros.voice.errors import DecodersBusy
 from intramuros.voice.formats import MEDIA_TYPES, Transcript, render
 from intramuros.voice.policy import TranscriptGuard, blocked_in, inspect_call, transcript_blocked
+from intramuros.voice.settings import VoiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -137,15 +139,15 @@ class _Call:
 
 
 class VoiceService:
-    """Serving logic of the voice workload; routes call it, it calls the core service."""
+    """Serving logic of the voice workload; routes call it, it calls the platform."""
 
     name = "voice"
 
-    def __init__(self, core: InferenceService) -> None:
-        self.core = core
-        self.settings = core.settings
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self.settings = section(platform.settings, VoiceSettings)
         # Uploads are larger than JSON bodies: their own limit (413 above it).
-        self.body_limits: dict[str, int] = {"/v1/audio": core.settings.voice_max_upload_bytes}
+        self.body_limits: dict[str, int] = {"/v1/audio": self.settings.voice_max_upload_bytes}
         # Checking an upload decodes it whole: CPU-bound, so a few at a time, in turn.
         self.decoders: Lane[DecodedAudio] = Lane(
             "audio-decoding", concurrency=self.settings.voice_decode_concurrency,
@@ -159,7 +161,7 @@ class VoiceService:
 
     async def close(self) -> None:
         """Stop decoding (running decodes stop at their next packet, queued ones never start);
-        the core pool unloads the models."""
+        the platform unloads the models."""
         self.closing.set()
         self.decoders.shutdown()
 
@@ -168,25 +170,24 @@ class VoiceService:
     ) -> Rendered | AsyncIterator[p.TextDeltaEvent | p.TextDoneEvent]:
         """Transcribe (or translate) one upload: a whole answer, or a stream of events."""
         name = model_name(req.model, self.settings.voice_default_model)
-        meter, policy = await self.core.begin_call(who, ROUTES[req.task], name)
+        meter, policy = await self.platform.begin_call(who, ROUTES[req.task], name)
         call = _Call(req, meter, policy, TranscriptGuard(policy, req.prompt))
         try:
             await self._screen_prompt(call)
-            record = await asyncio.to_thread(self.core.catalog.get, name)
-            check_capability(record, req.task)
+            check_capability(await self.platform.model_record(name), req.task)
             call.audio = await self._check_audio(req.data, meter)
-            loaded = await self.core.pool.get(name)
-            meter.weights_sha256 = loaded.record.sha256
+            lane = await self.platform.lane(name)
+            meter.weights_sha256 = lane.record.sha256
             call.run = BlockRun(duration=call.audio.duration)
-            stream = loaded.lane.stream(self._work(loaded.engine, call))
-            call.start = await _first(stream)
+            stream = lane.stream(self._work(lane.engine, call))
+            call.start = await _started(stream)
             meter.queued_until = call.clock.started or time.perf_counter()
         except BaseException as exc:
             await self._fail(call, exc)
             raise
         if req.stream:
             try:
-                await self.core.record_open(meter)
+                await self.platform.record_open(meter)
             except BaseException as exc:
                 await stream.aclose()
                 await self._fail(call, exc)
@@ -200,7 +201,7 @@ class VoiceService:
         decision = await asyncio.to_thread(inspect_call, prompt, None, call.policy)
         meter.pii = decision  # recorded in the ledger even when the call is refused
         decision.enforce("prompt")
-        meter.keep_content = call.policy.store_content and self.core.ledger.keys is not None
+        meter.keep_content = self.platform.keeps_content(call.policy)
         if meter.keep_content and prompt:
             meter.prompt_texts = [prompt]
 
@@ -307,30 +308,21 @@ class VoiceService:
             "segments": len(t.segments),
             "blocks": run.blocks,
         })  # fmt: skip
-        await self.core.end_call(meter)
+        await self.platform.end_call(meter)
 
     async def _fail(self, call: _Call, exc: BaseException) -> None:
         meter = call.meter
         if isinstance(exc, PersonalDataBlocked) and call.guard.decision is not None:
             meter.pii = call.guard.decision
-        if not isinstance(exc, IntramurosError):
-            cancelled = isinstance(exc, GeneratorExit | asyncio.CancelledError)
-            meter.status = 499 if cancelled else 500
-            if not cancelled:
-                log.exception("transcription failed")
-        await self.core.end_call(meter, exc)
+        if not isinstance(exc, IntramurosError | GeneratorExit | asyncio.CancelledError):
+            log.exception("transcription failed")
+        await self.platform.end_call(meter, exc)
 
 
-async def _first(stream: AsyncGenerator[TranscriptionEvent, None]) -> TranscriptionStart:
+async def _started(stream: AsyncGenerator[TranscriptionEvent, None]) -> TranscriptionStart:
     """The start event, so that errors found before decoding still get their status."""
-    try:
-        first: Any = await stream.__anext__()
-    except StopAsyncIteration:
-        first = None
-    except BaseException:
-        await stream.aclose()
-        raise
-    if not isinstance(first, TranscriptionStart):
+    head = await first(stream)
+    if not isinstance(head, TranscriptionStart):
         await stream.aclose()
         raise EngineError("The speech engine did not report its start.")
-    return first
+    return head

@@ -10,13 +10,13 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import ValidationError
 
-from intramuros.api import protocol as p
 from intramuros.errors import InvalidRequest, NotFound, PermissionDenied
 from intramuros.gate import scope
 from intramuros.gate.auth import admin, operator, principal
 from intramuros.gate.policy import Limits, TenantPolicy
 from intramuros.gate.quotas import usage_report
 from intramuros.gate.tenants import Principal
+from intramuros.protocol import admin as p
 from intramuros.serving.service import InferenceService
 from intramuros.store.db import request_log
 

@@ -14,10 +14,10 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel
 
-from intramuros.api import protocol as p
-from intramuros.api.sse import sse_response
 from intramuros.gate.auth import principal
 from intramuros.gate.tenants import Principal
+from intramuros.platform.sse import sse_response
+from intramuros.protocol import openai as p
 from intramuros.router.service import Routed, RouterService
 from intramuros.serving.service import InferenceService
 

@@ -6,10 +6,10 @@ import time
 
 from fastapi import APIRouter, Depends, Request
 
-from intramuros.api import protocol as p
 from intramuros.errors import ModelNotFound
 from intramuros.gate.auth import principal
 from intramuros.gate.tenants import Principal
+from intramuros.protocol import openai as p
 from intramuros.serving.service import InferenceService
 
 router = APIRouter(prefix="/v1")
@@ -28,7 +28,9 @@ async def list_models(request: Request, who: Principal = Depends(principal)) -> 
     if routing is not None:
         now = int(time.time())
         listing.data.extend(
-            p.ModelCard(id=name, created=now, owned_by="intramuros", intramuros={"kind": "route"})
+            p.ModelCard(id=name, created=now, owned_by="intramuros", name=name,
+                        capabilities=p.ModelCapabilities(completion_chat=True),
+                        intramuros={"kind": "route"})
             for name in routing.route_names()
         )
     return listing

@@ -97,7 +97,7 @@ async def upload_file(request: Request, who: Principal = Caller) -> dp.FileObjec
             raise BadUpload("'purpose' must be a text field.", param="purpose")
         expires_after = _expiry(form)
         service = _service(request)
-        data = await upload.read(service.settings.files_max_bytes + 1)
+        data = await upload.read(service.files_config.files_max_bytes + 1)
         return await service.upload(who, filename=upload.filename,
                                     content_type=upload.content_type, data=data,
                                     purpose=purpose.strip(),

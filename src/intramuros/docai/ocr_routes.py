@@ -20,7 +20,7 @@ from intramuros.docai.inline import split_body
 from intramuros.docai.service import DocaiService
 from intramuros.gate.auth import principal
 from intramuros.gate.tenants import Principal
-from intramuros.serving.offload import run_cpu
+from intramuros.platform.offload import run_cpu
 
 
 class OffLoopJSON(Request):

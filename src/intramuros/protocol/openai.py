@@ -1,6 +1,6 @@
-"""Wire types of the HTTP API: OpenAI's shapes, plus Mistral's spellings.
+"""Wire types of the model API: OpenAI's shapes, plus Mistral's spellings.
 
-This module imports no engine or serving code. Requests forbid unknown
+This module imports nothing of ours but the base classes. Requests forbid unknown
 fields (as OpenAI's API does: a misspelt parameter is an error, not silently
 ignored); parameters we accept but cannot honour are refused by the serving
 layer with the parameter named.
@@ -10,61 +10,37 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from intramuros.protocol.base import Request, Wire, at_most
 
 # --------------------------------------------------------------------------
 # Shared pieces
 # --------------------------------------------------------------------------
 
 
-class _Request(BaseModel):
-    # strict: "10" is not an integer and "yes" is not a boolean, as in OpenAI's API
-    # (integers are still accepted where a float is expected).
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-def _at_most(limit: int, what: str) -> BeforeValidator:
-    """Refuse a list or object with more than ``limit`` entries before validating any.
-
-    A pydantic length limit is checked after every item is validated: a
-    request with a million stop sequences would cost a second of CPU on the
-    event loop before its 400.
-    """
-
-    def check(value: Any) -> Any:
-        if isinstance(value, list | dict) and len(value) > limit:
-            raise ValueError(f"at most {limit} {what} are accepted, got {len(value)}")
-        return value
-
-    return BeforeValidator(check)
-
-
-class StreamOptions(_Request):
+class StreamOptions(Request):
     """``stream_options``: ask for a final chunk carrying ``usage``."""
 
     include_usage: bool = False
     include_obfuscation: bool | None = None
 
 
-class TextPart(_Request):
+class TextPart(Request):
     """A text part of a message's content."""
 
     type: Literal["text"]
     text: str
 
 
-class ImageURL(_Request):
+class ImageURL(Request):
     """An image reference (we never fetch URLs; data: URIs only, where supported)."""
 
     url: str
     detail: str | None = None
 
 
-class ImagePart(_Request):
+class ImagePart(Request):
     """An image part of a message's content."""
 
     type: Literal["image_url"]
@@ -75,14 +51,14 @@ ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 Content = str | list[ContentPart]
 
 
-class FunctionCall(_Request):
+class FunctionCall(Request):
     """A function call inside an assistant message's ``tool_calls``."""
 
     name: str
     arguments: str | dict[str, Any] = "{}"
 
 
-class ToolCallIn(_Request):
+class ToolCallIn(Request):
     """A tool call the assistant made earlier in the conversation."""
 
     id: str | None = None
@@ -91,7 +67,7 @@ class ToolCallIn(_Request):
     index: int | None = None
 
 
-class SystemMessage(_Request):
+class SystemMessage(Request):
     """A system (or developer) instruction."""
 
     role: Literal["system", "developer"]
@@ -99,7 +75,7 @@ class SystemMessage(_Request):
     name: str | None = None
 
 
-class UserMessage(_Request):
+class UserMessage(Request):
     """A user turn."""
 
     role: Literal["user"]
@@ -107,7 +83,7 @@ class UserMessage(_Request):
     name: str | None = None
 
 
-class AssistantMessage(_Request):
+class AssistantMessage(Request):
     """An earlier assistant turn (text and/or tool calls)."""
 
     role: Literal["assistant"]
@@ -118,7 +94,7 @@ class AssistantMessage(_Request):
     prefix: bool = False
 
 
-class ToolMessage(_Request):
+class ToolMessage(Request):
     """The result of a tool call."""
 
     role: Literal["tool"]
@@ -132,7 +108,7 @@ Message = Annotated[
 ]
 
 
-class FunctionDef(_Request):
+class FunctionDef(Request):
     """A function the model may call."""
 
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
@@ -141,20 +117,20 @@ class FunctionDef(_Request):
     strict: bool | None = None
 
 
-class Tool(_Request):
+class Tool(Request):
     """A tool: for now always a function."""
 
     type: Literal["function"] = "function"
     function: FunctionDef
 
 
-class NamedFunction(_Request):
+class NamedFunction(Request):
     """``{"name": ...}`` inside a forced tool choice."""
 
     name: str
 
 
-class NamedToolChoice(_Request):
+class NamedToolChoice(Request):
     """Force a call to one named function."""
 
     type: Literal["function"] = "function"
@@ -164,7 +140,7 @@ class NamedToolChoice(_Request):
 ToolChoice = Literal["none", "auto", "required", "any"] | NamedToolChoice
 
 
-class JSONSchemaSpec(_Request):
+class JSONSchemaSpec(Request):
     """``response_format.json_schema``."""
 
     name: str = "response"
@@ -175,17 +151,17 @@ class JSONSchemaSpec(_Request):
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
 
-class ResponseFormat(_Request):
+class ResponseFormat(Request):
     """``response_format``: text, any JSON object, or JSON following a schema."""
 
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JSONSchemaSpec | None = None
 
 
-Stop = Annotated[str | list[str] | None, _at_most(16, "stop sequences")]
-Tools = Annotated[list[Tool] | None, _at_most(128, "tools")]
-LogitBias = Annotated[dict[str, float] | None, _at_most(1024, "logit_bias entries")]
-Metadata = Annotated[dict[str, Any] | None, _at_most(64, "metadata keys")]
+Stop = Annotated[str | list[str] | None, at_most(16, "stop sequences")]
+Tools = Annotated[list[Tool] | None, at_most(128, "tools")]
+LogitBias = Annotated[dict[str, float] | None, at_most(1024, "logit_bias entries")]
+Metadata = Annotated[dict[str, Any] | None, at_most(64, "metadata keys")]
 
 
 # --------------------------------------------------------------------------
@@ -193,7 +169,7 @@ Metadata = Annotated[dict[str, Any] | None, _at_most(64, "metadata keys")]
 # --------------------------------------------------------------------------
 
 
-class ChatCompletionRequest(_Request):
+class ChatCompletionRequest(Request):
     """``POST /v1/chat/completions`` (OpenAI), with Mistral's spellings accepted."""
 
     model: str
@@ -237,7 +213,7 @@ class ChatCompletionRequest(_Request):
     verbosity: str | None = None
 
 
-class TopLogprobOut(_Wire):
+class TopLogprobOut(Wire):
     """One alternative token."""
 
     token: str
@@ -245,7 +221,7 @@ class TopLogprobOut(_Wire):
     bytes: list[int] | None = None
 
 
-class TokenLogprobOut(_Wire):
+class TokenLogprobOut(Wire):
     """The sampled token with its alternatives (chat format)."""
 
     token: str
@@ -254,21 +230,21 @@ class TokenLogprobOut(_Wire):
     top_logprobs: list[TopLogprobOut] = Field(default_factory=list)
 
 
-class ChoiceLogprobs(_Wire):
+class ChoiceLogprobs(Wire):
     """``choices[].logprobs`` of a chat completion."""
 
     content: list[TokenLogprobOut] | None = None
     refusal: list[TokenLogprobOut] | None = None
 
 
-class FunctionCallOut(_Wire):
+class FunctionCallOut(Wire):
     """The function a tool call invokes; ``arguments`` is a JSON string."""
 
     name: str
     arguments: str
 
 
-class ToolCallOut(_Wire):
+class ToolCallOut(Wire):
     """A tool call in a response."""
 
     id: str
@@ -276,7 +252,7 @@ class ToolCallOut(_Wire):
     function: FunctionCallOut
 
 
-class ChatMessageOut(_Wire):
+class ChatMessageOut(Wire):
     """The assistant's message."""
 
     role: Literal["assistant"] = "assistant"
@@ -285,7 +261,7 @@ class ChatMessageOut(_Wire):
     tool_calls: list[ToolCallOut] | None = None
 
 
-class ChatChoice(_Wire):
+class ChatChoice(Wire):
     """One choice of a chat completion."""
 
     index: int
@@ -294,7 +270,7 @@ class ChatChoice(_Wire):
     finish_reason: str | None
 
 
-class Metering(_Wire):
+class Metering(Wire):
     """What one call cost, beyond tokens: extra ``usage`` keys that strict clients ignore.
 
     ``energy_source`` says how ``energy_joules`` was obtained: ``measured-rapl``
@@ -323,7 +299,7 @@ class UsageOut(Metering):
     total_tokens: int
 
 
-class ChatCompletionResponse(_Wire):
+class ChatCompletionResponse(Wire):
     """``chat.completion``."""
 
     id: str
@@ -335,14 +311,14 @@ class ChatCompletionResponse(_Wire):
     usage: UsageOut
 
 
-class FunctionCallDelta(_Wire):
+class FunctionCallDelta(Wire):
     """A piece of a streamed tool call."""
 
     name: str | None = None
     arguments: str | None = None
 
 
-class ToolCallDelta(_Wire):
+class ToolCallDelta(Wire):
     """A streamed tool call (we send each whole, in one delta)."""
 
     index: int
@@ -351,7 +327,7 @@ class ToolCallDelta(_Wire):
     function: FunctionCallDelta | None = None
 
 
-class ChatDelta(_Wire):
+class ChatDelta(Wire):
     """What a stream chunk adds to the message."""
 
     role: Literal["assistant"] | None = None
@@ -359,7 +335,7 @@ class ChatDelta(_Wire):
     tool_calls: list[ToolCallDelta] | None = None
 
 
-class ChatChunkChoice(_Wire):
+class ChatChunkChoice(Wire):
     """One choice of a stream chunk."""
 
     index: int
@@ -368,7 +344,7 @@ class ChatChunkChoice(_Wire):
     finish_reason: str | None = None
 
 
-class ChatCompletionChunk(_Wire):
+class ChatCompletionChunk(Wire):
     """``chat.completion.chunk``."""
 
     id: str
@@ -387,7 +363,7 @@ class ChatCompletionChunk(_Wire):
 Prompt = str | list[str] | list[int] | list[list[int]]
 
 
-class CompletionRequest(_Request):
+class CompletionRequest(Request):
     """``POST /v1/completions``."""
 
     model: str
@@ -414,7 +390,7 @@ class CompletionRequest(_Request):
     metadata: Metadata = None
 
 
-class CompletionLogprobs(_Wire):
+class CompletionLogprobs(Wire):
     """Legacy completion log-probabilities."""
 
     tokens: list[str]
@@ -423,7 +399,7 @@ class CompletionLogprobs(_Wire):
     text_offset: list[int]
 
 
-class CompletionChoice(_Wire):
+class CompletionChoice(Wire):
     """One choice of a text completion."""
 
     index: int
@@ -432,7 +408,7 @@ class CompletionChoice(_Wire):
     finish_reason: str | None
 
 
-class CompletionResponse(_Wire):
+class CompletionResponse(Wire):
     """``text_completion`` (also each stream chunk)."""
 
     id: str
@@ -449,7 +425,7 @@ class CompletionResponse(_Wire):
 # --------------------------------------------------------------------------
 
 
-class EmbeddingRequest(_Request):
+class EmbeddingRequest(Request):
     """``POST /v1/embeddings``."""
 
     model: str
@@ -462,7 +438,7 @@ class EmbeddingRequest(_Request):
     output_dtype: str | None = None
 
 
-class EmbeddingData(_Wire):
+class EmbeddingData(Wire):
     """One vector."""
 
     object: Literal["embedding"] = "embedding"
@@ -477,7 +453,7 @@ class EmbeddingUsage(Metering):
     total_tokens: int
 
 
-class EmbeddingResponse(_Wire):
+class EmbeddingResponse(Wire):
     """A list of vectors (``id`` is Mistral's; OpenAI clients ignore it)."""
 
     id: str
@@ -492,24 +468,48 @@ class EmbeddingResponse(_Wire):
 # --------------------------------------------------------------------------
 
 
-class ModelCard(_Wire):
-    """A model as ``GET /v1/models`` lists it; provenance under ``intramuros``."""
+class ModelCapabilities(Wire):
+    """What a model can do, as Mistral's model cards say it (``capabilities``)."""
+
+    completion_chat: bool = False
+    function_calling: bool = False
+    completion_fim: bool = False
+    fine_tuning: bool = False
+    vision: bool = False
+    ocr: bool = False
+    classification: bool = False
+    audio_transcription: bool = False
+
+
+class ModelCard(Wire):
+    """A model as ``GET /v1/models`` lists it; provenance under ``intramuros``.
+
+    OpenAI's four fields, then Mistral's model card (``type`` ``base``,
+    ``capabilities``, ``max_context_length`` ...), so that both official SDKs
+    read the listing.
+    """
 
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    type: Literal["base"] = "base"
+    name: str | None = None
+    description: str | None = None
+    max_context_length: int | None = None
+    aliases: list[str] = Field(default_factory=list)
+    capabilities: ModelCapabilities = Field(default_factory=ModelCapabilities)
     intramuros: dict[str, Any]
 
 
-class ModelList(_Wire):
+class ModelList(Wire):
     """``GET /v1/models``."""
 
     object: Literal["list"] = "list"
     data: list[ModelCard]
 
 
-class ErrorDetail(_Wire):
+class ErrorDetail(Wire):
     """OpenAI's error object."""
 
     message: str
@@ -518,39 +518,7 @@ class ErrorDetail(_Wire):
     code: str | None = None
 
 
-class ErrorResponse(_Wire):
+class ErrorResponse(Wire):
     """``{"error": {...}}``."""
 
     error: ErrorDetail
-
-
-# --------------------------------------------------------------------------
-# Administration and usage
-# --------------------------------------------------------------------------
-
-
-class TenantCreateRequest(_Request):
-    """``POST /v1/admin/tenants``."""
-
-    name: str = Field(max_length=64)
-    policy: dict[str, Any] | None = None
-
-
-class PolicyUpdateRequest(_Request):
-    """``PATCH /v1/admin/tenants/{name}/policy``: the fields to change, others kept."""
-
-    pii_default: str | None = None
-    pii: dict[str, str] | None = None
-    store_content: bool | None = None
-    retention_days: int | None = None
-    limits: dict[str, int | None] | None = None
-
-
-class KeyCreateRequest(_Request):
-    """``POST /v1/admin/keys`` (operator keys are made on the machine, with the CLI)."""
-
-    tenant: str | None = Field(default=None, max_length=64)
-    role: Literal["user", "admin"] = "user"
-    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
-    models: list[str] | None = None
-    limits: dict[str, int | None] | None = None

@@ -8,8 +8,7 @@ from collections.abc import AsyncIterator
 from pydantic import BaseModel
 from starlette.responses import StreamingResponse
 
-from intramuros.api.errors import error_body
-from intramuros.errors import IntramurosError, ServerError
+from intramuros.errors import IntramurosError, ServerError, error_body
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from intramuros.api.sse import sse_response
 from intramuros.gate.auth import principal
 from intramuros.gate.tenants import Principal
+from intramuros.platform.sse import sse_response
 from intramuros.voice import protocol as p
 from intramuros.voice.service import Rendered, VoiceService
 

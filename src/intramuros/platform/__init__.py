@@ -1,0 +1,1 @@
+"""The platform a workload is built on: the interface it receives, calls, plug-ins, CLI helpers."""
