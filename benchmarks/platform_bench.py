@@ -36,16 +36,33 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 SANCTIONS = ROOT.parent / "shared" / "data" / "sanctions"
+LITELLM_KEY = "sk-bench-" + os.urandom(16).hex()
 
 UPSTREAM = r'''
-import sys, time
+import json, sys, time
 import uvicorn
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
+
+def chunk(model, delta, finish=None, usage=None):
+    return "data: " + json.dumps({
+        "id": "chatcmpl-up", "object": "chat.completion.chunk", "created": int(time.time()),
+        "model": model, "usage": usage,
+        "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }) + "\n\n"
 
 async def chat(request):
     body = await request.json()
+    model = body.get("model", "up")
+    if body.get("stream"):
+        usage = {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
+        events = [chunk(model, {"role": "assistant", "content": "Hi"}),
+                  chunk(model, {}, "length")]
+        if (body.get("stream_options") or {}).get("include_usage"):
+            events.append(chunk(model, {}, usage=usage))
+        events.append("data: [DONE]\n\n")
+        return StreamingResponse(iter(events), media_type="text/event-stream")
     return JSONResponse({
         "id": "chatcmpl-up", "object": "chat.completion", "created": int(time.time()),
         "model": body.get("model", "up"),
@@ -145,7 +162,8 @@ def added_latency(tmp: Path, calls: int) -> list[tuple[str, float, float, float]
                     base_url=base + "/v1", headers={"Authorization": f"Bearer {key}"}), "up"),
             }
             if lite is not None:
-                paths["LiteLLM proxy"] = (httpx.Client(base_url=lite), "up")
+                paths["LiteLLM proxy"] = (httpx.Client(
+                    base_url=lite, headers={"Authorization": f"Bearer {LITELLM_KEY}"}), "up")
             times: dict[str, list[float]] = {name: [] for name in paths}
             body = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 1}
             for i in range(calls + 50):
@@ -153,7 +171,8 @@ def added_latency(tmp: Path, calls: int) -> list[tuple[str, float, float, float]
                     t0 = time.perf_counter()
                     r = client.post("/chat/completions", json={**body, "model": model})
                     elapsed = time.perf_counter() - t0
-                    r.raise_for_status()
+                    if r.status_code != 200:
+                        raise RuntimeError(f"{name}: {r.status_code} {r.text[:300]}")
                     if i >= 50:  # warm-up
                         times[name].append(elapsed * 1000)
             for client, _ in paths.values():
@@ -176,7 +195,9 @@ def litellm(tmp: Path, up_url: str) -> Iterator[str | None]:
     config.write_text(json.dumps({"model_list": [{"model_name": "up", "litellm_params": {
         "model": "openai/up", "api_base": up_url, "api_key": "none"}}]}))
     cmd = [exe, "--config", str(config), "--port", str(port), "--host", "127.0.0.1"]
-    with process(cmd, tmp / "litellm.log", env={"LITELLM_LOG": "ERROR"}):
+    # Authenticated, as the gateway is: its master key on every call.
+    env = {"LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": LITELLM_KEY, "LITELLM_TELEMETRY": "False"}
+    with process(cmd, tmp / "litellm.log", env=env):
         wait_http(f"http://127.0.0.1:{port}/health/liveliness")
         yield f"http://127.0.0.1:{port}/v1"
 
@@ -184,20 +205,24 @@ def litellm(tmp: Path, up_url: str) -> Iterator[str | None]:
 # -- 2. streams under a held write lock -----------------------------------------------
 
 
-def stream_gaps(tmp: Path, streams: int = 3) -> dict[str, float]:
+def stream_gaps(tmp: Path, streams: int = 2) -> dict[str, float]:
     """The longest token gaps of running streams, before and while a process holds the lock."""
     data = tmp / "gaps"
-    cli(data, "models", "add", "--engine", "fake", "--name", "fake-chat", "--option",
-        "token_delay=0.01", "--option", "reply_tokens=100000", "--capabilities", "chat")
+    # A fake model runs one call at a time: one model per stream, one for the short calls.
+    names = [f"fake-{i}" for i in range(streams + 1)]
+    for name in names:
+        cli(data, "models", "add", "--engine", "fake", "--name", name, "--option",
+            "token_delay=0.01", "--option", "reply_tokens=800", "--capabilities", "chat",
+            "--context-length", "4096")
     db = data / "intramuros.db"
-    with gateway(data, "--preload-models", "fake-chat") as (base, key):
+    with gateway(data, "--preload-models", ",".join(names)) as (base, key):
         headers = {"Authorization": f"Bearer {key}"}
         arrivals: list[list[float]] = [[] for _ in range(streams)]
         stop = threading.Event()
         finished: list[float] = []
 
         def streamer(slot: int) -> None:
-            body = {"model": "fake-chat", "stream": True, "max_tokens": 100000,
+            body = {"model": names[slot], "stream": True, "max_tokens": 800,
                     "messages": [{"role": "user", "content": f"Story {slot}"}]}
             with httpx.Client(base_url=base, headers=headers, timeout=60) as client, \
                     client.stream("POST", "/v1/chat/completions", json=body) as response:
@@ -209,7 +234,7 @@ def stream_gaps(tmp: Path, streams: int = 3) -> dict[str, float]:
 
         def short_calls() -> None:
             # Calls that end (and are recorded) meanwhile: the recorder has work to do.
-            body = {"model": "fake-chat", "max_tokens": 3,
+            body = {"model": names[-1], "max_tokens": 3,
                     "messages": [{"role": "user", "content": "Hi"}]}
             with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
                 while not stop.is_set():
@@ -317,8 +342,8 @@ def run(tmp: Path, calls: int, table: Callable[..., Any]) -> list[Any]:
     out.append(t)
     print("streams while another process holds the write lock 2 s ...", flush=True)
     g = stream_gaps(tmp)
-    t = table(title="3 streams (a token every 10 ms) + short calls; another process holds "
-                    "BEGIN IMMEDIATE on the database for 2 s")
+    t = table(title="2 streams (fake engine, a token every 10 ms) + short calls; another "
+                    "process holds BEGIN IMMEDIATE on the database for 2 s")
     t.add_column("measure")
     t.add_column("value")
     for k, v in g.items():

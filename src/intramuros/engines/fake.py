@@ -66,7 +66,7 @@ import random
 import re
 import threading
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -130,8 +130,11 @@ class FakeOptions(BaseModel):
 class FakeEngine(Engine):
     """Deterministic answers with configurable latency; no weights (see the module docs)."""
 
-    name = "fake"
-    max_concurrency = 1
+    name: ClassVar[str] = "fake"
+    max_concurrency: ClassVar[int] = 1
+    # What `intramuros models add --engine fake --option KEY=VALUE` takes and serves.
+    options_model: ClassVar[type[BaseModel] | None] = FakeOptions
+    capabilities: ClassVar[tuple[str, ...]] = ("chat", "completion", "embeddings", "tools", "json")
 
     def __init__(self, record: ModelRecord, settings: Settings) -> None:
         super().__init__(record, settings)

@@ -111,23 +111,32 @@ class Quotas:
             return int(conn.execute(query).scalar() or 0)
 
 
+# Built once: compiled once and cached, only the parameters change (the hot path of every
+# call's record). Parameter names differ from the columns', as SQLAlchemy requires in UPDATE.
+_USAGE_WHERE = (usage.c.tenant == sa.bindparam("b_tenant"), usage.c.key_id == sa.bindparam("b_key"),
+                usage.c.model == sa.bindparam("b_model"), usage.c.day == sa.bindparam("b_day"))
+_USAGE_UPDATE = usage.update().where(*_USAGE_WHERE).values(
+    requests=usage.c.requests + 1,
+    prompt_tokens=usage.c.prompt_tokens + sa.bindparam("b_prompt", type_=sa.Integer),
+    completion_tokens=usage.c.completion_tokens + sa.bindparam("b_completion", type_=sa.Integer),
+)
+_USAGE_INSERT = usage.insert()
+
+
 def record_usage(
     conn: Connection, *, tenant: str, key_id: str, model: str, prompt: int, completion: int,
     now: float,
 ) -> None:  # fmt: skip
-    """Add one call to the daily ``usage`` totals (update, else insert)."""
+    """Add one call to the daily ``usage`` totals (update, else insert), in ``conn``'s
+    transaction."""
     day = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d")
-    where = (usage.c.tenant == tenant, usage.c.key_id == key_id, usage.c.model == model,
-             usage.c.day == day)  # fmt: skip
-    updated = conn.execute(usage.update().where(*where).values(
-        requests=usage.c.requests + 1,
-        prompt_tokens=usage.c.prompt_tokens + prompt,
-        completion_tokens=usage.c.completion_tokens + completion,
-    )).rowcount  # fmt: skip
+    updated = conn.execute(_USAGE_UPDATE, {
+        "b_tenant": tenant, "b_key": key_id, "b_model": model, "b_day": day,
+        "b_prompt": prompt, "b_completion": completion}).rowcount  # fmt: skip
     if not updated:
-        conn.execute(usage.insert().values(
-            tenant=tenant, key_id=key_id, model=model, day=day, requests=1,
-            prompt_tokens=prompt, completion_tokens=completion))  # fmt: skip
+        conn.execute(_USAGE_INSERT, {
+            "tenant": tenant, "key_id": key_id, "model": model, "day": day, "requests": 1,
+            "prompt_tokens": prompt, "completion_tokens": completion})  # fmt: skip
 
 
 def usage_report(

@@ -158,14 +158,15 @@ def chain_row(row: Any, stored: tuple[str, bytes, bytes] | None = None) -> Chain
         raise MalformedRow(int(row.seq), f"record {row.seq} cannot be read: {exc}") from None
 
 
+# Built once: every append reads the head.
+_HEAD = (sa.select(ledger_records.c.seq, ledger_records.c.hash, ledger_records.c.mac_version,
+                   ledger_records.c.mac)
+         .order_by(ledger_records.c.seq.desc()).limit(1))  # fmt: skip
+
+
 def head_row(conn: Connection) -> Any:
     """The last record's ``(seq, hash, mac_version, mac)``, or ``None`` for an empty ledger."""
-    r = ledger_records.c
-    return conn.execute(
-        sa.select(r.seq, r.hash, r.mac_version, r.mac)
-        .order_by(ledger_records.c.seq.desc())
-        .limit(1)
-    ).first()
+    return conn.execute(_HEAD).first()
 
 
 def entry_from_row(row: Any) -> LedgerEntry:

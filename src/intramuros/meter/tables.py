@@ -48,22 +48,35 @@ def migration_steps() -> list[tuple[str, Callable[[Connection], None]]]:
             ("daily energy and cost", _usage_metering)]  # fmt: skip
 
 
+# Built once (compiled once, cached): every call's record runs them.
+_T = usage_metering.c
+_METERING_UPDATE = usage_metering.update().where(
+    _T.tenant == sa.bindparam("b_tenant"), _T.key_id == sa.bindparam("b_key"),
+    _T.model == sa.bindparam("b_model"), _T.day == sa.bindparam("b_day"),
+).values(
+    cpu_seconds=_T.cpu_seconds + sa.bindparam("b_cpu", type_=sa.Float),
+    energy_joules=_T.energy_joules + sa.bindparam("b_joules", type_=sa.Float),
+    cost_eur=_T.cost_eur + sa.bindparam("b_eur", type_=sa.Float),
+    co2e_grams=_T.co2e_grams + sa.bindparam("b_co2e", type_=sa.Float),
+)  # fmt: skip
+_METERING_INSERT = usage_metering.insert()
+
+
 def record_metering(
     conn: Connection, *, tenant: str, key_id: str, model: str, now: float, cpu_seconds: float,
     energy_joules: float, cost_eur: float, co2e_grams: float,
 ) -> None:  # fmt: skip
-    """Add one call's energy, cost and CO2e to its day's totals."""
+    """Add one call's energy, cost and CO2e to its day's totals, in ``conn``'s transaction."""
     day = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d")
-    t = usage_metering.c
-    where = (t.tenant == tenant, t.key_id == key_id, t.model == model, t.day == day)
-    updated = conn.execute(usage_metering.update().where(*where).values(
-        cpu_seconds=t.cpu_seconds + cpu_seconds, energy_joules=t.energy_joules + energy_joules,
-        cost_eur=t.cost_eur + cost_eur, co2e_grams=t.co2e_grams + co2e_grams,
-    )).rowcount  # fmt: skip
+    updated = conn.execute(_METERING_UPDATE, {
+        "b_tenant": tenant, "b_key": key_id, "b_model": model, "b_day": day,
+        "b_cpu": cpu_seconds, "b_joules": energy_joules, "b_eur": cost_eur,
+        "b_co2e": co2e_grams}).rowcount  # fmt: skip
     if not updated:
-        conn.execute(usage_metering.insert().values(
-            tenant=tenant, key_id=key_id, model=model, day=day, cpu_seconds=cpu_seconds,
-            energy_joules=energy_joules, cost_eur=cost_eur, co2e_grams=co2e_grams))  # fmt: skip
+        conn.execute(_METERING_INSERT, {
+            "tenant": tenant, "key_id": key_id, "model": model, "day": day,
+            "cpu_seconds": cpu_seconds, "energy_joules": energy_joules, "cost_eur": cost_eur,
+            "co2e_grams": co2e_grams})  # fmt: skip
 
 
 def migrations() -> list[Migration]:

@@ -52,8 +52,9 @@ class ChatService:
             policy = await self.admission.admit(who, meter)
             model = await self.pool.get(req.model)
             # Checking schemas and copying messages is Python work proportional to the
-            # request: off the event loop.
-            params = await run_cpu(convert.chat_params, req, model.record)
+            # request: off the event loop, unless it is bounded and small.
+            params = (convert.chat_params(req, model.record) if convert.small_chat(req)
+                      else await run_cpu(convert.chat_params, req, model.record))  # fmt: skip
             meter.weights_sha256 = model.record.sha256
             rf = req.response_format.json_schema if req.response_format else None
             chat_texts = partial(

@@ -84,6 +84,24 @@ def _response_format(rf: p.ResponseFormat | None, record: ModelRecord) -> dict[s
     return {"type": "json_schema", "schema": schema}
 
 
+# A chat request this small is converted on the event loop: the hop to the CPU pool costs
+# more than the work. Bounded: a few messages of plain text, no tools, no schema.
+INLINE_MESSAGES = 8
+INLINE_TEXT = 4096
+
+
+def small_chat(req: p.ChatCompletionRequest) -> bool:
+    """Whether converting ``req`` is bounded small work (see ``INLINE_TEXT``)."""
+    if req.tools or req.response_format is not None or len(req.messages) > INLINE_MESSAGES:
+        return False
+    total = 0
+    for message in req.messages:
+        if not isinstance(message.content, str) or getattr(message, "tool_calls", None):
+            return False
+        total += len(message.content)
+    return total <= INLINE_TEXT
+
+
 def chat_params(req: p.ChatCompletionRequest, record: ModelRecord) -> ChatParams:
     """Validate a chat request against the model and build the engine's parameters."""
     require(record, "chat", "chat completions")

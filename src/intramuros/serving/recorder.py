@@ -50,6 +50,8 @@ from intramuros.store.db import request_log
 
 log = logging.getLogger(__name__)
 
+# Built once (compiled once, cached): parameters per call.
+_LOG_INSERT = request_log.insert()
 # Most calls written in one transaction: bounds how long one commit holds the lock.
 MAX_BURST = 256
 # A burst that fails (the database busy past its timeout, say) is tried this many times,
@@ -288,7 +290,7 @@ class CallRecorder:
         now = job.now
         energy = meter.energy
         wall = time.time()
-        tx.conn.execute(request_log.insert().values(
+        tx.conn.execute(_LOG_INSERT, dict(
             request_id=meter.request_id, ts=wall, route=meter.route,
             model=meter.model, status=meter.status, error_code=meter.error_code,
             prompt_tokens=meter.prompt_tokens, completion_tokens=meter.completion_tokens,
