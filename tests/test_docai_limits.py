@@ -267,6 +267,7 @@ def test_tesseract_is_killed_when_the_read_stops() -> None:
 # -- pixels ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pixel_budget_counts_user_unit_before_rendering() -> None:
     from intramuros.docai import pdf as pdfmod
 

@@ -34,6 +34,9 @@ from intramuros.docai.pipeline import DocumentResult, read_document
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "benchmarks" / "docai_corpus"
 
+# Real OCR models (RapidOCR, Tesseract) read real scans: the slow tier.
+pytestmark = pytest.mark.slow
+
 
 def _bench() -> ModuleType:
     spec = importlib.util.spec_from_file_location(

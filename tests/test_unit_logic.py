@@ -16,8 +16,8 @@ import pytest
 from intramuros.api.errors import param_of
 from intramuros.engines import prompting
 from intramuros.engines.base import ChatParams, SamplingParams, ToolSpec
-from intramuros.engines.llamacpp import _find_stop, _held_back
 from intramuros.engines.registry import available_engines, engine_class
+from intramuros.engines.stops import find_stop, held_back
 from intramuros.errors import ConfigError, InvalidRequest, QueueFull
 from intramuros.serving.scheduler import Lane
 from intramuros.settings import Settings, load_settings
@@ -111,12 +111,12 @@ def test_normalise_messages() -> None:
 
 
 def test_stop_sequence_helpers() -> None:
-    assert _find_stop("hello world", ["wor"], 0) == 6
-    assert _find_stop("hello world", ["xyz"], 0) is None
-    assert _find_stop("hello", [], 0) is None
-    assert _held_back("hello wo", ["world"]) == 2
-    assert _held_back("hello", ["world"]) == 0
-    assert _held_back("abab", ["abc", "bab!"]) == 3
+    assert find_stop("hello world", ["wor"], 0) == 6
+    assert find_stop("hello world", ["xyz"], 0) is None
+    assert find_stop("hello", [], 0) is None
+    assert held_back("hello wo", ["world"]) == 2
+    assert held_back("hello", ["world"]) == 0
+    assert held_back("abab", ["abc", "bab!"]) == 3
 
 
 # -- error mapping ---------------------------------------------------------------

@@ -61,6 +61,7 @@ def _silent_webm(dest: Path, minutes: int) -> bytes:
 # -- checking an upload: the limit, the stop flag -----------------------------------------
 
 
+@pytest.mark.slow
 def test_decoding_stops_as_soon_as_it_passes_the_limit(tmp_path: Path) -> None:
     data = _silent_webm(tmp_path / "hour", 60)
     packets = 0

@@ -210,6 +210,7 @@ def _intramuros(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=300)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_cli_models_add_and_transcribe_a_batch_with_a_bad_file(tmp_path: Path) -> None:
     data = tmp_path / "data"
     model_dir = _tiny_dir(tmp_path / "user-model")

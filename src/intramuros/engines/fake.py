@@ -86,6 +86,7 @@ from intramuros.engines.base import (
     TopLogprob,
     Usage,
 )
+from intramuros.engines.stops import find_stop, held_back
 from intramuros.errors import ConfigError, ContextLengthExceeded, EngineError, InvalidRequest
 
 if TYPE_CHECKING:
@@ -347,11 +348,11 @@ class FakeEngine(Engine):
             text += piece
             if sampling.logprobs is not None:
                 pending.append(_logprob(piece, sampling.logprobs, rng))
-            cut = _first_stop(text, stops, emitted)
+            cut = find_stop(text, stops, emitted)
             if cut is not None:
                 text, finish = text[:cut], "stop"
                 break
-            safe = len(text) - _held_back(text, stops)
+            safe = len(text) - held_back(text, stops)
             if safe > emitted:
                 yield Delta(text=text[emitted:safe], logprobs=pending)
                 emitted, pending = safe, []
@@ -406,26 +407,6 @@ def _logprob(piece: str, k: int, rng: random.Random) -> TokenLogprob:
                               bytes=list(token.encode())))  # fmt: skip
     return TokenLogprob(token=piece, logprob=best, bytes=list(piece.encode()),
                         top=tuple(top[:k]))  # fmt: skip
-
-
-def _first_stop(text: str, stops: Sequence[str], emitted: int) -> int | None:
-    """Index of the earliest stop sequence not yet passed, or None."""
-    if not stops:
-        return None
-    start = max(0, emitted - max(len(s) for s in stops))
-    hits = [i for i in (text.find(s, start) for s in stops) if i >= 0]
-    return min(hits) if hits else None
-
-
-def _held_back(text: str, stops: Sequence[str]) -> int:
-    """How many trailing characters might begin a stop sequence."""
-    best = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), best, -1):
-            if stop.startswith(text[-n:]):
-                best = n
-                break
-    return best
 
 
 # -- JSON for a schema -----------------------------------------------------------

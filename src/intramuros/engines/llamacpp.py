@@ -34,6 +34,7 @@ from intramuros.engines.base import (
     Usage,
     WeightsKind,
 )
+from intramuros.engines.stops import find_stop, held_back
 from intramuros.errors import (
     ContextLengthExceeded,
     EngineError,
@@ -393,12 +394,12 @@ class LlamaCppEngine(Engine):
                         self._logprob(token, piece, capture.latest, sampling.logprobs or 0)
                     )
                 full += decoder.decode(piece)
-                cut = _find_stop(full, stops, emitted)
+                cut = find_stop(full, stops, emitted)
                 if cut is not None:
                     full = full[:cut]
                     finish = "stop"
                     break
-                safe = len(full) - _held_back(full, stops)
+                safe = len(full) - held_back(full, stops)
                 if safe > emitted:
                     yield Delta(text=full[emitted:safe], logprobs=pending_logprobs)
                     emitted, pending_logprobs = safe, []
@@ -440,23 +441,3 @@ class LlamaCppEngine(Engine):
         piece = bytes(self._llm.detokenize([token]))
         return TopLogprob(token=piece.decode("utf-8", "replace"), logprob=logprob,
                           bytes=list(piece))  # fmt: skip
-
-
-def _find_stop(text: str, stops: Sequence[str], emitted: int) -> int | None:
-    """Index of the earliest stop sequence in ``text`` not yet passed, or None."""
-    if not stops:
-        return None
-    start = max(0, emitted - max(len(s) for s in stops))
-    hits = [i for i in (text.find(s, start) for s in stops) if i >= 0]
-    return min(hits) if hits else None
-
-
-def _held_back(text: str, stops: Sequence[str]) -> int:
-    """How many trailing characters might be the start of a stop sequence."""
-    best = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), best, -1):
-            if stop.startswith(text[-n:]):
-                best = n
-                break
-    return best

@@ -17,28 +17,17 @@ from intramuros.gate.tenants import Principal
 from intramuros.platform.call import CallMeter
 from intramuros.protocol import openai as p
 from intramuros.serving import convert
-from intramuros.serving.admission import Admission, subject_of
+from intramuros.serving.admission import subject_of
 from intramuros.serving.calls import (
     FINGERPRINT,
     completion_logprobs,
     usage_of,
 )
-from intramuros.serving.pool import ModelPool
-from intramuros.serving.recorder import CallRecorder
-from intramuros.serving.streams import Streams
-from intramuros.settings import Settings
+from intramuros.serving.endpoint import Endpoint
 
 
-class CompletionService:
+class CompletionService(Endpoint):
     """Serves text completions; built once per app."""
-
-    def __init__(self, settings: Settings, pool: ModelPool, admission: Admission,
-                 streams: Streams, recorder: CallRecorder) -> None:  # fmt: skip
-        self.settings = settings
-        self.pool = pool
-        self.admission = admission
-        self.streams = streams
-        self.recorder = recorder
 
     async def completion(
         self, req: p.CompletionRequest, who: Principal

@@ -16,26 +16,15 @@ from intramuros.platform.call import CallMeter
 from intramuros.platform.offload import run_cpu
 from intramuros.protocol import openai as p
 from intramuros.serving import convert
-from intramuros.serving.admission import Admission, subject_of
+from intramuros.serving.admission import subject_of
 from intramuros.serving.calls import (
     metering_of,
 )
-from intramuros.serving.pool import ModelPool
-from intramuros.serving.recorder import CallRecorder
-from intramuros.serving.streams import Streams
-from intramuros.settings import Settings
+from intramuros.serving.endpoint import Endpoint
 
 
-class EmbeddingService:
+class EmbeddingService(Endpoint):
     """Serves embeddings; built once per app."""
-
-    def __init__(self, settings: Settings, pool: ModelPool, admission: Admission,
-                 streams: Streams, recorder: CallRecorder) -> None:  # fmt: skip
-        self.settings = settings
-        self.pool = pool
-        self.admission = admission
-        self.streams = streams
-        self.recorder = recorder
 
     async def embeddings(self, req: p.EmbeddingRequest, who: Principal) -> p.EmbeddingResponse:
         """Vectors for each input, as floats or base64 of little-endian float32."""
