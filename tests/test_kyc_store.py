@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -151,3 +153,41 @@ def test_rescreen_opens_cases_only_for_new_or_changed_hits(flow: KycWorkflow) ->
     assert opened == {"c1", "c2"}
     assert flow.rescreen("acme", None)["cases_opened"] == 0
     assert flow.rescreen("globex", None)["customers"] == 0
+
+
+def test_a_screening_that_cannot_be_recorded_is_not_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from intramuros.errors import ServerError
+    from intramuros.gate.tenants import Principal
+    from intramuros.kyc.service import KycService
+    from intramuros.serving.service import InferenceService
+
+    core = InferenceService(load_settings(data_dir=tmp_path, preload_models=[],
+                                          egress_guard=False))  # fmt: skip
+    core.db.migrate()
+    svc = KycService(core)
+    refused: list[str] = []
+
+    async def audit_event(kind: str, **fields: Any) -> bool:
+        refused.append(kind)
+        return False  # the ledger would not take it
+
+    monkeypatch.setattr(core, "audit_event", audit_event)
+    who = Principal(tenant="acme", key_id=None, role="user")
+
+    async def scenario() -> list[dict[str, Any]]:
+        await svc.start()
+        try:
+            with pytest.raises(ServerError, match="could not be recorded"):
+                await svc.screen(who, [{"name": "Jane Roe"}], None, 5, "/v1/kyc/screen")
+            return core.db.recent_requests(5)
+        finally:
+            await svc.close()
+            await core.close()
+
+    rows = asyncio.run(scenario())
+    assert refused == ["kyc_screening"]
+    # The call itself is on record, as failed.
+    assert [(r["route"], r["status"], r["error_code"]) for r in rows] == [
+        ("/v1/kyc/screen", 500, "internal_error")]

@@ -70,12 +70,19 @@ def test_a_burst_is_one_commit_and_every_call_is_on_record(
 def test_a_held_write_lock_delays_the_record_not_the_event_loop(
     recorder: CallRecorder, ledger: Ledger, db_url: str, db: Any
 ) -> None:
-    if not db_url.startswith("sqlite"):
-        pytest.skip("the lock is SQLite's database lock")
     ledger.append("warm", data={})
-    holder = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None,
-                             check_same_thread=False)
-    holder.execute("BEGIN IMMEDIATE")
+    # Another process's writer, holding what the recorder's transaction needs: SQLite's
+    # database write lock, or PostgreSQL's lock on the ledger table.
+    holder: Any
+    if db_url.startswith("sqlite"):
+        holder = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None,
+                                 check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")
+    else:
+        import psycopg
+
+        holder = psycopg.connect(db_url.replace("postgresql+psycopg://", "postgresql://"))
+        holder.execute("LOCK TABLE ledger_records IN SHARE ROW EXCLUSIVE MODE")
     released = threading.Timer(1.0, lambda: holder.execute("COMMIT"))
     lags: list[float] = []
 

@@ -14,8 +14,6 @@ from typing import Any
 import click
 
 from intramuros.catalog.catalog import Catalog
-from intramuros.errors import NotFound
-from intramuros.gate.tables import IMPLICIT_TENANTS
 from intramuros.gate.tenants import Tenants
 from intramuros.ledger import Ledger, LedgerKeys
 from intramuros.platform.cli import actor, context, load_options
@@ -42,12 +40,7 @@ class Store:
         return self.ledger
 
     def tenant_id(self, name: str) -> str:
-        try:
-            return self.tenants.resolve(name)
-        except NotFound:
-            if name in IMPLICIT_TENANTS:
-                return name
-            raise
+        return self.tenants.resolve_or_implicit(name)
 
 
 class Commands:

@@ -36,7 +36,13 @@ import sqlalchemy as sa
 
 from intramuros.errors import AuthenticationError, InvalidRequest, NotFound
 from intramuros.gate.policy import Limits, TenantPolicy
-from intramuros.gate.tables import ID_NAME_PART, api_keys, tenant_tombstones, tenants
+from intramuros.gate.tables import (
+    ID_NAME_PART,
+    IMPLICIT_TENANTS,
+    api_keys,
+    tenant_tombstones,
+    tenants,
+)
 from intramuros.store.db import Database
 
 Role = Literal["user", "admin", "operator"]
@@ -205,6 +211,16 @@ class Tenants:
     def resolve(self, name: str) -> str:
         """The id of the live tenant called ``name``."""
         return self.get(name).id
+
+    def resolve_or_implicit(self, name: str) -> str:
+        """As :meth:`resolve`, but an implicit tenant (``default``, which has no row)
+        answers its own name."""
+        try:
+            return self.resolve(name)
+        except NotFound:
+            if name in IMPLICIT_TENANTS:
+                return name
+            raise
 
     def policy(self, tenant_id: str) -> TenantPolicy:
         """The policy of the tenant whose id is ``tenant_id``; ``NotFound`` if none."""

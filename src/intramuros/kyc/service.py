@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any
 
-from intramuros.errors import IntramurosError
+from intramuros.errors import IntramurosError, ServerError
 from intramuros.gate.tenants import Principal
 from intramuros.kyc import protocol as kp
 from intramuros.kyc.settings import KycSettings
@@ -74,8 +74,8 @@ class KycService:
         """Screen subjects in one metered call."""
         subject = subjects[0].get("customer_id") if len(subjects) == 1 else None
         meter, _policy = await self.core.begin_call(who, route, MATCHER, subject)
-        # The screening's record is written with the call's, in the recorder's next burst
-        # (one commit), rather than in a transaction of its own.
+        # The screening's record goes through the recorder (group-committed with other
+        # calls' records) rather than in a transaction of its own on this thread.
         records = _Deferred()
         try:
             results = await asyncio.to_thread(self.workflow.screen, who.tenant, who.key_id,
@@ -87,9 +87,14 @@ class KycService:
         meter.extra = {"screenings": len(results),
                        "alerts": sum(1 for r in results if r["case_id"]),
                        "lists": results[0]["lists"] if results else {}}  # fmt: skip
-        await asyncio.gather(*(self.core.audit_event(kind, **fields)
-                               for kind, fields in records.records),
-                             self.core.end_call(meter))  # fmt: skip
+        written = await asyncio.gather(*(self.core.audit_event(kind, **fields)
+                                         for kind, fields in records.records))  # fmt: skip
+        if not all(written):
+            # A screening not on record is not answered (the cases it opened stay).
+            failed = ServerError("The screening could not be recorded in the ledger.")
+            await self.core.end_call(meter, failed)
+            raise failed
+        await self.core.end_call(meter)
         return results
 
     async def lists(self) -> list[dict[str, Any]]:

@@ -30,7 +30,6 @@ from intramuros.gate import scope
 from intramuros.gate.keywatch import KeyWatch
 from intramuros.gate.policy import TenantPolicy
 from intramuros.gate.quotas import Quotas
-from intramuros.gate.tables import IMPLICIT_TENANTS
 from intramuros.gate.tenants import Principal, Tenants, TenantTombstone
 from intramuros.ledger import Ledger, LedgerKeys
 from intramuros.meter.energy import EnergyMeter, open_sources
@@ -277,12 +276,7 @@ class InferenceService:
 
     def tenant_id(self, name: str) -> str:
         """The id of the live tenant called ``name`` (``default`` answers its own name)."""
-        try:
-            return self.tenants.resolve(name)
-        except NotFound:
-            if name in IMPLICIT_TENANTS:
-                return name
-            raise
+        return self.tenants.resolve_or_implicit(name)
 
     def tenant_policies(self) -> dict[str, TenantPolicy]:
         """Every live tenant's policy, by id."""
