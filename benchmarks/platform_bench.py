@@ -1,9 +1,10 @@
 """The platform's own cost, measured side by side (run by ``serving.py --part platform``).
 
 1. Added latency: a 1-token chat completion through the gateway (an
-   ``openai-upstream`` model) against calling the same upstream directly, and
+   ``openai-upstream`` model) against calling the same upstream directly,
+   through a bare Python proxy (the floor: forwarding and nothing else), and
    through LiteLLM's proxy when ``litellm`` is installed; sequential calls on
-   keep-alive connections, the three paths interleaved call by call.
+   keep-alive connections, the paths interleaved call by call.
 2. Streams while another process holds the database's write lock for 2 s:
    the longest gap between two tokens of running streams (fake engine, a token
    every 10 ms), while short calls finish (and are recorded) meanwhile.
@@ -82,10 +83,43 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
 '''
 
 
+# The floor of any Python proxy on this machine: Starlette on uvicorn (httptools), the
+# body forwarded as is with httpx's async client, the answer handed back; no key, no
+# validation, no record. What the gateway adds beyond this row is its own work.
+BARE_PROXY = r'''
+import sys, httpx, uvicorn
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+upstream = httpx.AsyncClient(base_url=sys.argv[2])
+
+async def chat(request):
+    r = await upstream.post("/chat/completions", content=await request.body(),
+                            headers={"content-type": "application/json"})
+    return Response(r.content, status_code=r.status_code, media_type="application/json")
+
+app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
+            access_log=False, loop="asyncio")
+'''
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    """Wait until something listens on 127.0.0.1:``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def wait_http(url: str, timeout: float = 120) -> None:
@@ -155,9 +189,15 @@ def added_latency(tmp: Path, calls: int) -> list[tuple[str, float, float, float]
         data = tmp / "gw"
         cli(data, "models", "add-upstream", "up", "--base-url", up_url,
             "--upstream-model", "up", "--capabilities", "chat")
-        with gateway(data, "--preload-models", "up") as (base, key), litellm(tmp, up_url) as lite:
+        bare_port = free_port()
+        with gateway(data, "--preload-models", "up") as (base, key), litellm(tmp, up_url) as lite, \
+                process([sys.executable, "-c", BARE_PROXY, str(bare_port), up_url],
+                        tmp / "bare.log"):  # fmt: skip
+            bare = f"http://127.0.0.1:{bare_port}/v1"
+            wait_port(bare_port)
             paths: dict[str, tuple[httpx.Client, str]] = {
                 "upstream directly": (httpx.Client(base_url=up_url), "up"),
+                "bare Python proxy": (httpx.Client(base_url=bare), "up"),
                 "intramuros gateway": (httpx.Client(
                     base_url=base + "/v1", headers={"Authorization": f"Bearer {key}"}), "up"),
             }

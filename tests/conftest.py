@@ -152,25 +152,28 @@ def start_server(
     prefix: list[str] | None = None,
     env: dict[str, str] | None = None,
     wait_ready: bool = True,
-    auth: bool = False,
+    auth: bool | dict[str, str] = False,
+    port: int | None = None,
 ) -> Server:
     """Start `intramuros serve` and wait until /readyz answers 200 (bounded).
 
     Without ``auth`` the server runs with --no-auth (loopback): for tests of
     other things. With it, a tenant "acme" and two more ("globex") get keys
     first: ``server.keys`` holds "operator" (every tenant), "admin" (acme's), "user" and
-    "other" (globex's user).
+    "other" (globex's user). ``auth`` may also be the keys of a server already made
+    (a second replica of the same database).
     """
     require_slow("a server process")
-    keys = make_keys(data_dir, env) if auth else {}
-    port = free_port()
+    keys = (dict(auth) if isinstance(auth, dict)
+            else make_keys(data_dir, env) if auth else {})  # fmt: skip
+    port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / f"server-{port}.log"
     cmd = [
         *(prefix or []),
         sys.executable, "-m", "intramuros.cli", "serve",
         "--port", str(port), "--data-dir", str(data_dir), *extra,
-        *([] if auth else ["--no-auth"]),
+        *([] if auth or isinstance(auth, dict) else ["--no-auth"]),
     ]  # fmt: skip
     full_env = {**os.environ, **(env or {})}
     full_env.pop("INTRAMUROS_CONFIG", None)
@@ -350,11 +353,18 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'state' / 'intramuros.db'}"
         return
+    with pg_schema() as url:
+        yield url
+
+
+@contextmanager
+def pg_schema() -> Iterator[str]:
+    """The URL of a fresh schema on the local PostgreSQL, dropped afterwards: a schema of
+    its own per test, so runs never see each other's rows."""
     import secrets
 
     import sqlalchemy as sa
 
-    # A schema of its own per test, so runs never see each other's rows.
     schema = "t_" + secrets.token_hex(6)
     admin = sa.create_engine(PG_ADMIN)
     with admin.begin() as conn:

@@ -189,7 +189,9 @@ def serve_in_process(
         # The guard is process-wide: in the test process it would watch pytest itself.
         egress_guard=False,
         preload_models=list(preload if preload is not None else (m.name for m in models)),
-        **settings,
+        # No process in the fast tier: KYC matches in the app's own threads (the
+        # real-server tests run the matcher processes).
+        **{"kyc_matcher_processes": 0, **settings},
     )  # fmt: skip
     db = Database(config.resolved_database_url())
     try:

@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Server, cli, start_server, stop_server
+from tests.conftest import Server, cli, make_keys, start_server, stop_server
 from tests.helpers import check_error
 from tests.test_docai_docs import FONT, assemble_pdf, make_pdf
 from tests.watch import HealthWatch, cpu_seconds, memory
@@ -149,10 +149,12 @@ def limits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     key = data / "ledger.key"
     subprocess.run([sys.executable, "-m", "intramuros.cli", "ledger", "keygen", str(key)],
                    check=True, capture_output=True, timeout=60)  # fmt: skip
-    srv = start_server(data, "--preload-models", "", "--docai-max-seconds", "5",
-                       "--ledger-key-file", str(key), auth=True)  # fmt: skip
+    # Policies before the server starts (a running one sees a change within a second).
+    keys = make_keys(data)
     cli(data, "tenants", "policy", "acme", "--pii", "iban=block")
     cli(data, "tenants", "policy", "globex", "--store-content", "--pii", "email=redact-in-logs")
+    srv = start_server(data, "--preload-models", "", "--docai-max-seconds", "5",
+                       "--ledger-key-file", str(key), auth=keys)  # fmt: skip
     srv.keys["globex-admin"] = cli(data, "keys", "create", "--tenant", "globex", "--role",
                                    "admin").strip()  # fmt: skip
     yield srv

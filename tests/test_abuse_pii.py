@@ -27,7 +27,15 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import CHAT_MODEL, EMBED_MODEL, Server, bundled_file, start_server, stop_server
+from tests.conftest import (
+    CHAT_MODEL,
+    EMBED_MODEL,
+    Server,
+    bundled_file,
+    make_keys,
+    start_server,
+    stop_server,
+)
 from tests.helpers import cli
 from tests.test_walls import EchoUpstream
 
@@ -64,11 +72,13 @@ def walls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Ec
     cli(data, "models", "add-upstream", "echo-complete", "--base-url",
         f"http://127.0.0.1:{stub.port}/v1", "--upstream-model", "echo",
         "--capabilities", "completion", env=env)  # fmt: skip
-    srv = start_server(data, "--preload-models", f"{CHAT_MODEL},{EMBED_MODEL}",
-                       "--max-body-bytes", str(8 * 1024 * 1024), auth=True, env=env)  # fmt: skip
+    # Policies before the server starts (a running one sees a change within a second).
+    keys = make_keys(data, env)
     cli(data, "tenants", "policy", "acme", "--store-content", "--pii", "iban=block", env=env)
     cli(data, "tenants", "policy", "globex", "--store-content", "--pii", "email=pseudonymise",
         env=env)  # fmt: skip
+    srv = start_server(data, "--preload-models", f"{CHAT_MODEL},{EMBED_MODEL}",
+                       "--max-body-bytes", str(8 * 1024 * 1024), auth=keys, env=env)  # fmt: skip
     srv.keys["globex-admin"] = cli(data, "keys", "create", "--tenant", "globex", "--role", "admin",
                                    env=env).strip()  # fmt: skip
     yield srv, stub

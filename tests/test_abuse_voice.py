@@ -33,7 +33,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Server, cli, start_server, stop_server
+from tests.conftest import Server, cli, make_keys, start_server, stop_server
 from tests.helpers import check_error
 from tests.watch import cpu_seconds, memory, reset_peak
 
@@ -92,11 +92,13 @@ def voice(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     key = data / "ledger.key"
     subprocess.run([sys.executable, "-m", "intramuros.cli", "ledger", "keygen", str(key)],
                    check=True, capture_output=True, timeout=60)  # fmt: skip
-    srv = start_server(data, "--preload-models", "whisper-base", "--voice-max-audio-seconds",
-                       str(LIMIT_SECONDS), "--ledger-key-file", str(key),
-                       auth=True)  # fmt: skip
+    # Policies before the server starts (a running one sees a change within a second).
+    keys = make_keys(data)
     cli(data, "tenants", "policy", "acme", "--pii", "iban=block", "--pii", "ip=block")
     cli(data, "tenants", "policy", "globex", "--store-content")
+    srv = start_server(data, "--preload-models", "whisper-base", "--voice-max-audio-seconds",
+                       str(LIMIT_SECONDS), "--ledger-key-file", str(key),
+                       auth=keys)  # fmt: skip
     srv.keys["globex-admin"] = cli(data, "keys", "create", "--tenant", "globex", "--role",
                                    "admin").strip()  # fmt: skip
     yield srv

@@ -38,8 +38,8 @@ SHORT = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "Hi"}], "
 
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server whose model lane lets one request run and one wait."""
-    srv = start_server(tmp_path_factory.mktemp("conc"), "--queue-limit", "1",
+    """A server whose model lane lets one request run (one slot) and one wait."""
+    srv = start_server(tmp_path_factory.mktemp("conc"), "--queue-limit", "1", "--llama-slots", "1",
                        "--preload-models", CHAT_MODEL)  # fmt: skip
     yield srv
     stop_server(srv)
@@ -137,7 +137,8 @@ def test_disconnect_frees_the_model(small_server: Server) -> None:
 
 
 def test_requests_are_served_in_arrival_order(small_server: Server, tmp_path: Path) -> None:
-    srv = start_server(tmp_path / "order", "--queue-limit", "8", "--preload-models", CHAT_MODEL)
+    srv = start_server(tmp_path / "order", "--queue-limit", "8", "--llama-slots", "1",
+                       "--preload-models", CHAT_MODEL)  # fmt: skip
     try:
         running = open_stream(srv)
         finished: list[int] = []

@@ -234,6 +234,136 @@ def test_keys_are_stored_only_hashed(tmp_path: Path) -> None:
         store.authenticate(key.replace(secret, secret[::-1]))
 
 
+def test_shared_quotas_hold_across_replicas(db_url: str) -> None:
+    """Two replicas of one database (two Quotas, two engines) count one window."""
+    import threading
+
+    from intramuros.gate.quotas import record_quota_tokens
+
+    first = Database(db_url)
+    first.migrate()
+    second = Database(db_url)
+    now = [1_000_000.0]
+    a = Quotas(first, clock=lambda: now[0], shared=True)
+    b = Quotas(second, clock=lambda: now[0], shared=True)
+    scope = [("tenant", "acme", Limits(rpm=3, tpm=100)), ("key", "k1", Limits())]
+    assert a.reads_database(scope) and not a.reads_database([("key", "k1", Limits())])
+    assert a.charged_scopes(scope) == [("tenant", "acme")]  # only what has a tpm
+    a.admit(scope)
+    b.admit(scope)
+    now[0] += 10
+    a.admit(scope)
+    with pytest.raises(RateLimited) as exc:
+        b.admit(scope)
+    assert exc.value.headers["Retry-After"] == "50"  # the first request leaves in 50 s
+    now[0] += 50.0
+    b.admit(scope)  # one minute after the first: its slot is free again
+    with first.begin() as conn:
+        record_quota_tokens(conn, [("tenant", "acme")], 100, now[0])
+    with pytest.raises(RateLimited, match="100 tokens per minute"):
+        a.admit([("tenant", "acme", Limits(tpm=100))])
+    # Many requests at once from both replicas: exactly the limit is admitted.
+    now[0] += 120.0
+    burst = [("tenant", "globex", Limits(rpm=7))]
+    admitted: list[int] = []
+    refused: list[int] = []
+
+    def hammer(quotas: Quotas) -> None:
+        for _ in range(6):
+            try:
+                quotas.admit(burst)
+                admitted.append(1)
+            except RateLimited:
+                refused.append(1)
+
+    threads = [threading.Thread(target=hammer, args=(q,)) for q in (a, b, a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(admitted) == 7 and len(refused) == 24 - 7
+    first.close()
+    second.close()
+
+
+class _Clock:
+    """``time.monotonic`` under the test's control."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _two_processes(tmp_path: Path, cache_seconds: float) -> tuple[Tenants, Tenants, Database]:
+    """The server's tenant store (remembering keys) and another process's (the CLI)."""
+    db = Database(f"sqlite:///{tmp_path / 'k.db'}")
+    db.migrate()
+    return Tenants(db, cache_seconds), Tenants(Database(db.url), 0), db
+
+
+def test_a_key_revoked_elsewhere_is_refused_within_the_cache_delay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = _Clock()
+    monkeypatch.setattr("intramuros.gate.tenants.time.monotonic", clock)
+    server, other, _db = _two_processes(tmp_path, cache_seconds=1.0)
+    other.create("acme")
+    key, info = other.create_key("acme")
+    assert server.cached_principal(key) is None  # never checked: the database decides
+    assert server.authenticate(key).key_id == info.id
+    assert server.cached_principal(key) == server.authenticate(key)
+    other.revoke(info.id)  # the command line, or another replica
+    clock.now += 0.5
+    assert server.cached_principal(key) is not None  # within the delay, as documented
+    clock.now += 0.6
+    assert server.cached_principal(key) is None
+    with pytest.raises(AuthenticationError):
+        server.authenticate(key)
+    assert server.cached_principal(key) is None  # a refusal is never remembered
+
+
+def test_a_change_made_through_the_server_applies_at_once(tmp_path: Path) -> None:
+    server, _other, _db = _two_processes(tmp_path, cache_seconds=60)
+    tenant = server.create("acme")
+    key, info = server.create_key("acme")
+    server.authenticate(key)
+    server.policy(tenant.id)
+    assert server.cached_policy(tenant.id) is not None
+    keep = server.policy(tenant.id).model_copy(update={"store_content": True})
+    server.set_policy(tenant.id, keep)
+    assert server.policy(tenant.id).store_content
+    server.revoke(info.id)
+    assert server.cached_principal(key) is None
+    with pytest.raises(AuthenticationError):
+        server.authenticate(key)
+    key2, _ = server.create_key("acme")
+    server.authenticate(key2)
+    server.delete("acme", actor="test")
+    assert server.cached_principal(key2) is None and server.cached_policy(tenant.id) is None
+
+
+def test_keys_are_not_remembered_past_expiry_or_with_no_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = _Clock()
+    monkeypatch.setattr("intramuros.gate.tenants.time.monotonic", clock)
+    server, _other, _db = _two_processes(tmp_path, cache_seconds=30)
+    server.create("acme")
+    short, _ = server.create_key("acme", expires_in=2)
+    server.authenticate(short)
+    clock.now += 2.5  # past the key's expiry, well within the cache delay
+    assert server.cached_principal(short) is None
+    uncached, _o, _d = _two_processes(tmp_path / "b", cache_seconds=0)
+    uncached.create("acme")
+    key, _ = uncached.create_key("acme")
+    uncached.authenticate(key)
+    assert uncached.cached_principal(key) is None
+    # Tokens that are not keys are not even hashed for a lookup.
+    assert server.cached_principal("x" * 10_000) is None and server.cached_principal(None) is None
+
+
 @pytest.mark.slow
 def test_no_auth_only_on_loopback(tmp_path: Path) -> None:
     r = run_cli("serve", "--no-auth", "--host", "0.0.0.0", data_dir=tmp_path, timeout=60)

@@ -158,22 +158,30 @@ def test_rescreen_opens_cases_only_for_new_or_changed_hits(flow: KycWorkflow) ->
 def test_a_screening_that_cannot_be_recorded_is_not_answered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The screening's record, its cases and the call's records are one transaction: when
+    it cannot be written, nothing of it is, and the caller gets a 500, not an answer."""
+    import sqlalchemy as sa
+
     from intramuros.errors import ServerError
     from intramuros.gate.tenants import Principal
+    from intramuros.kyc import workflow
     from intramuros.kyc.service import KycService
+    from intramuros.serving import recorder
     from intramuros.serving.service import InferenceService
 
     core = InferenceService(load_settings(data_dir=tmp_path, preload_models=[],
-                                          egress_guard=False))  # fmt: skip
+                                          egress_guard=False,
+                                          kyc_matcher_processes=0))  # fmt: skip
     core.db.migrate()
     svc = KycService(core)
-    refused: list[str] = []
+    tried: list[int] = []
 
-    async def audit_event(kind: str, **fields: Any) -> bool:
-        refused.append(kind)
-        return False  # the ledger would not take it
+    def full_disk(conn: Any, rows: Any) -> None:
+        tried.append(len(rows))
+        raise sa.exc.OperationalError("INSERT INTO kyc_cases", {}, Exception("disk full"))
 
-    monkeypatch.setattr(core, "audit_event", audit_event)
+    monkeypatch.setattr(workflow, "insert_cases", full_disk)
+    monkeypatch.setattr(recorder, "RETRY_PAUSE", 0.01)
     who = Principal(tenant="acme", key_id=None, role="user")
 
     async def scenario() -> list[dict[str, Any]]:
@@ -187,7 +195,9 @@ def test_a_screening_that_cannot_be_recorded_is_not_answered(
             await core.close()
 
     rows = asyncio.run(scenario())
-    assert refused == ["kyc_screening"]
-    # The call itself is on record, as failed.
+    assert len(tried) == recorder.RETRIES  # tried, and tried again, then given up
+    # The call itself is on record, as failed; its screening record is not.
     assert [(r["route"], r["status"], r["error_code"]) for r in rows] == [
         ("/v1/kyc/screen", 500, "internal_error")]
+    kinds = [e.kind for e in core.ledger.records()]
+    assert "kyc_screening" not in kinds and kinds.count("model_call") == 1

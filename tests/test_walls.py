@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,13 +21,15 @@ import openai
 import pytest
 
 from intramuros.ledger import verify_export
-from tests.conftest import Server, cli, free_port, start_server, stop_server
+from tests.conftest import Server, cli, free_port, make_keys, start_server, stop_server
 
 # Real models or a server process: the slow tier.
 pytestmark = pytest.mark.slow
 
 EMAIL = "alice.martin@example.com"
 PHONE = "+33 6 12 34 56 78"
+# The server reads a tenant's policy again after this many seconds (its cache).
+POLICY_CACHE_SECONDS = 1.1
 IBAN = "FR76 3000 6000 0112 3456 7890 189"
 
 
@@ -103,10 +106,13 @@ def walls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Ec
     stub = EchoUpstream()
     cli(data, "models", "add-upstream", "echo", "--base-url", f"http://127.0.0.1:{stub.port}/v1",
         "--upstream-model", "echo", "--capabilities", "chat")
-    srv = start_server(data, "--preload-models", "", "--ledger-key-file", str(key_file),
-                       auth=True)
+    # The policy is set before the server starts: a running server sees a change within
+    # its policy cache's second, and its retention pass at start-up reads (and caches) it.
+    keys = make_keys(data)
     cli(data, "tenants", "policy", "acme", "--store-content", "--pii", "email=pseudonymise",
         "--pii", "iban=block")
+    srv = start_server(data, "--preload-models", "", "--ledger-key-file", str(key_file),
+                       auth=keys)
     yield srv, stub, key_file
     for c in _clients.values():
         c.close()
@@ -293,6 +299,7 @@ def test_blocked_call_is_recorded_and_allow_keeps_the_value(walls) -> None:  # t
     assert blocked[-1]["data"]["status"] == 400
     # globex allows IBANs and keeps text: the value is kept, encrypted
     cli(srv.data_dir, "tenants", "policy", "globex", "--store-content", "--pii", "iban=allow")
+    time.sleep(POLICY_CACHE_SECONDS)  # a running server sees a new policy within this time
     client(srv, "other").chat.completions.create(model="echo", messages=ask(f"Pay {IBAN}"))  # type: ignore[arg-type]
     rows = httpx.get(srv.base_url + "/v1/admin/ledger?tenant=globex&limit=1000",
                      headers=admin).json()["data"]  # fmt: skip

@@ -67,6 +67,26 @@ class Settings(BaseSettings):
             "refused unless the server binds a loopback address."
         ),
     )
+    quota_store: Literal["auto", "memory", "database"] = Field(
+        default="auto",
+        description=(
+            "Where per-minute quotas are counted: 'memory' (this server alone), 'database' "
+            "(shared by every replica of the database, so that a tenant's limit holds across "
+            "them), or 'auto': the database when --database-url is set (PostgreSQL "
+            "replicas), memory otherwise."
+        ),
+    )
+    key_cache_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description=(
+            "How long a checked API key and its tenant's policy are remembered before the "
+            "database is read again. A key revoked or a policy changed through this server "
+            "applies at once; through the command line or another replica, within this "
+            "delay. 0 reads the database on every call."
+        ),
+    )
     egress_guard: bool = Field(
         default=True,
         description=(
@@ -109,7 +129,19 @@ class Settings(BaseSettings):
         default=2048,
         ge=64,
         le=1_048_576,
-        description="Context window (tokens) for llama.cpp models, capped at the model's own.",
+        description=(
+            "Context window (tokens) of each request to a llama.cpp model, capped at the "
+            "model's own; a model holds llama-slots of them."
+        ),
+    )
+    llama_slots: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description=(
+            "Requests a llama.cpp model decodes together (continuous batching); more wait "
+            "in its queue. A model's own `slots` option overrides it."
+        ),
     )
     n_threads: int | None = Field(
         default=None,
@@ -119,7 +151,13 @@ class Settings(BaseSettings):
             "advice; all cores collapses under concurrent load, see benchmarks/RESULTS.md)."
         ),
     )
-    n_batch: int = Field(default=512, ge=1, description="llama.cpp prompt batch size.")
+    n_batch: int = Field(
+        default=512,
+        ge=1,
+        le=65_536,
+        description="Tokens in one llama.cpp decode step (the running streams' next tokens, "
+        "then prompt chunks).",
+    )
     queue_limit: int = Field(
         default=16,
         ge=0,
@@ -149,6 +187,25 @@ class Settings(BaseSettings):
     )
     upstream_timeout: float = Field(
         default=300.0, gt=0, description="Seconds to wait for an upstream engine's answer."
+    )
+    upstream_max_failures: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="Failures in a row (connection, 5xx) after which an upstream of a model's "
+        "pool is taken out of service, until it answers GET /models again.",
+    )
+    upstream_probe_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=3600,
+        description="How often an upstream out of service is asked GET /models.",
+    )
+    ray_address: str | None = Field(
+        default=None,
+        max_length=500,
+        description="A Ray cluster to run batch work on (docai batch, kyc rescreen), e.g. "
+        "ray://10.0.0.5:10001 or 10.0.0.5:6379 (extra `ray`); unset: local worker processes.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Server log level."
@@ -262,6 +319,12 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     # -- derived values ----------------------------------------------------
+
+    def shared_quotas(self) -> bool:
+        """Whether per-minute quotas are counted in the database (``quota_store``)."""
+        if self.quota_store == "auto":
+            return bool(self.database_url)
+        return self.quota_store == "database"
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to ``sqlite:///<data_dir>/intramuros.db``."""

@@ -187,6 +187,12 @@ class Catalog:
         if not path.is_file():
             raise InvalidRequest(f"{path} is not a file.", param="path")
         info = read_gguf_info(path)
+        if info.metadata.get("general.type") == "adapter":
+            raise InvalidRequest(
+                f"{path.name} is an adapter, not a model: add it with "
+                "`intramuros models add-adapter NAME --base MODEL --adapter FILE`.",
+                param="path",
+            )
         caps = capabilities or (
             ("chat", "completion", "tools", "json") if info.has_chat_template
             else ("completion", "json")
@@ -345,8 +351,60 @@ class Catalog:
         self._save(record)
         return record
 
+    def add_adapter(
+        self,
+        path: Path,
+        *,
+        name: str,
+        base: str,
+        license: str = "unknown",
+        description: str = "",
+        replace: bool = False,
+    ) -> ModelRecord:
+        """Register a llama.cpp LoRA adapter GGUF on ``base`` (a GGUF model of the catalogue).
+
+        The adapter serves what its base serves, in its context window; its file
+        is hashed like any model's and checked again on every load.
+        """
+        self._check_new_name(name, replace)
+        parent = self.get(base)
+        if parent.base is not None:
+            raise InvalidRequest(f"'{base}' is itself an adapter; give its base model.",
+                                 param="base")  # fmt: skip
+        if parent.format != "gguf" or parent.path is None:
+            raise InvalidRequest(f"'{base}' is not a GGUF model: adapters need one.",
+                                 param="base")  # fmt: skip
+        path = path.expanduser().resolve()
+        if not path.is_file():
+            raise InvalidRequest(f"{path} is not a file.", param="adapter")
+        info = read_gguf_info(path)
+        meta = info.metadata
+        if meta.get("general.type") != "adapter" or meta.get("adapter.type") != "lora":
+            raise InvalidRequest(f"{path.name} is not a LoRA adapter GGUF (general.type "
+                                 "'adapter', adapter.type 'lora').", param="adapter")  # fmt: skip
+        if parent.architecture and info.architecture != parent.architecture:
+            raise InvalidRequest(
+                f"{path.name} adapts a '{info.architecture}' model, but '{base}' is "
+                f"'{parent.architecture}'.",
+                param="adapter",
+            )
+        record = ModelRecord(
+            name=name, engine=parent.engine, format="gguf", path=str(path),
+            sha256=sha256_file(path), size_bytes=path.stat().st_size, quantization=None,
+            architecture=info.architecture, context_length=parent.context_length,
+            license=license if license != "unknown" else (info.license or "unknown"),
+            origin=Origin(kind="file", path=str(path)), capabilities=parent.capabilities,
+            description=description or info.name or "", base=base,
+        )  # fmt: skip
+        self._save(record)
+        return record
+
     def remove(self, name: str) -> None:
-        """Forget a model (its files are left where they are)."""
+        """Forget a model (its files are left where they are); not a base with adapters."""
+        adapters = [r.name for r in self.records() if r.base == name]
+        if adapters:
+            raise InvalidRequest(f"'{name}' is the base of {', '.join(adapters)}: remove "
+                                 "those adapters first.", param="name")  # fmt: skip
         if not self.db.delete_model(name):
             raise ModelNotFound(name)
 
@@ -373,28 +431,9 @@ class Catalog:
     # -- integrity ---------------------------------------------------------
 
     def verify_record(self, record: ModelRecord) -> None:
-        """Re-hash a model's files; raise unless every one matches its record.
-
-        Raises ``ModelFileMissing`` (file gone) or ``ModelIntegrityError``
-        (hash differs). Records without local weights pass.
-        """
-        path = record.weights_path()
-        if path is None:
-            return
-        files = [(path, record.sha256)] + [
-            (path.parent / rel, digest) for rel, digest in record.aux_files.items()
-        ]
-        for file, expected in files:
-            if not file.is_file():
-                bundled = find_bundled(record.name)
-                hint = bundled.install_hint() if bundled else f"Model '{record.name}' file missing."
-                log.error("model %s: file %s is missing", record.name, file)
-                raise ModelFileMissing(hint, model=record.name)
-            actual = sha256_file(file)
-            if expected is None or actual != expected:
-                raise ModelIntegrityError(
-                    model=record.name, path=str(file), expected=str(expected), actual=actual
-                )
+        """Re-hash a model's files; raise unless every one matches its record
+        (see :func:`verify_files`)."""
+        verify_files(record)
 
     def verify_all(self, names: Sequence[str] | None = None) -> list[VerifyResult]:
         """Re-hash every model (or those in ``names``); one result each.
@@ -461,3 +500,29 @@ def _weights_files(
                                      "model folder holds the model's files only.",
                                      param="path")  # fmt: skip
     return weights, sorted(others)
+
+
+def verify_files(record: ModelRecord) -> None:
+    """Re-hash a model's files; raise unless every one matches its record.
+
+    Raises ``ModelFileMissing`` (file gone) or ``ModelIntegrityError``
+    (hash differs). Records without local weights pass. A function, not only a
+    method: a batch worker checks the files it loads without a catalogue.
+    """
+    path = record.weights_path()
+    if path is None:
+        return
+    files = [(path, record.sha256)] + [
+        (path.parent / rel, digest) for rel, digest in record.aux_files.items()
+    ]
+    for file, expected in files:
+        if not file.is_file():
+            bundled = find_bundled(record.name)
+            hint = bundled.install_hint() if bundled else f"Model '{record.name}' file missing."
+            log.error("model %s: file %s is missing", record.name, file)
+            raise ModelFileMissing(hint, model=record.name)
+        actual = sha256_file(file)
+        if expected is None or actual != expected:
+            raise ModelIntegrityError(
+                model=record.name, path=str(file), expected=str(expected), actual=actual
+            )

@@ -61,6 +61,9 @@ class ModelRecord(BaseModel):
     aux_files: dict[str, str] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
     description: str = ""
+    # A LoRA adapter: the model it adapts, whose loaded weights it shares (``path`` and
+    # ``sha256`` are then the adapter file's).
+    base: str | None = None
     bundled: bool = False
     created: int = Field(default_factory=lambda: int(time.time()))
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from intramuros.cli.embed import embed_cmd
 from intramuros.cli.ledger import erase, ledger_group, purge
 from intramuros.cli.models import models
 from intramuros.cli.store import Commands
@@ -97,7 +98,8 @@ def serve(**options: Any) -> None:
 def _add_commands() -> None:
     # The submodules define their commands unattached: importing this module to
     # attach them would be an import cycle.
-    for command in (models, tenants_group, keys_group, usage_cmd, ledger_group, erase, purge):
+    for command in (models, tenants_group, keys_group, usage_cmd, ledger_group, erase, purge,
+                    embed_cmd):
         main.add_command(command)
 
     from intramuros.bench.cli import bench

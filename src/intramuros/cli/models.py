@@ -57,7 +57,8 @@ def models_list(as_json: bool, **options: Any) -> None:
         where = (f"{origin.package}=={origin.version}" if origin.kind == "package"
                  else origin.path or origin.url or "")  # fmt: skip
         size = f"{r.size_bytes / 1e6:.1f} MB" if r.size_bytes else "-"
-        table.add_row(r.name, r.engine, r.format, r.quantization or "-", str(r.context_length),
+        fmt = r.format if r.base is None else f"lora on {r.base}"
+        table.add_row(r.name, r.engine, fmt, r.quantization or "-", str(r.context_length),
                       size, r.license, f"{origin.kind}: {where}", ",".join(r.capabilities),
                       (r.sha256 or "-")[:16])  # fmt: skip
     console.print(table)
@@ -149,7 +150,12 @@ def models_add(path: Path | None, name: str, engine: str | None, engine_options:
 @models.command("add-upstream")
 @click.argument("name")
 @click.option(
-    "--base-url", required=True, help="The upstream's OpenAI base URL, e.g. http://h:8000/v1."
+    "--base-url",
+    "base_urls",
+    required=True,
+    multiple=True,
+    help="The upstream's OpenAI base URL, e.g. http://h:8000/v1. Repeat it for a pool of "
+    "upstreams serving the same model (balanced, with failover).",
 )
 @click.option("--upstream-model", default=None, help="Model name at the upstream (default: NAME).")
 @click.option(
@@ -165,7 +171,8 @@ def models_add(path: Path | None, name: str, engine: str | None, engine_options:
 )
 @click.option("--replace", is_flag=True, help="Replace a model of the same name.")
 @settings_options(*STATE_FIELDS)
-def models_add_upstream(name: str, base_url: str, upstream_model: str | None, capabilities: str,
+def models_add_upstream(name: str, base_urls: tuple[str, ...], upstream_model: str | None,
+                        capabilities: str,
                         context_length: int, license_: str, api_key_env: str | None,
                         replace: bool, **options: Any) -> None:  # fmt: skip
     """Serve a model from an OpenAI-compatible server (vLLM, TGI, llama-server...).
@@ -174,7 +181,10 @@ def models_add_upstream(name: str, base_url: str, upstream_model: str | None, ca
     """
     from intramuros.engines.registry import new_model
 
-    given = {"base_url": base_url, "upstream_model": upstream_model or name}
+    base_url = base_urls[0]
+    given: dict[str, Any] = {"base_url": base_url, "upstream_model": upstream_model or name}
+    if len(base_urls) > 1:
+        given["base_urls"] = list(base_urls[1:])
     if api_key_env:
         given["api_key_env"] = api_key_env
     try:
@@ -187,11 +197,51 @@ def models_add_upstream(name: str, base_url: str, upstream_model: str | None, ca
             options=plan.options, context_length=context_length, license=license_,
             origin_url=base_url, replace=replace,
         )  # fmt: skip
-        audit(options, "model_add_upstream", None, model=record.name, base_url=base_url)
+        audit(options, "model_add_upstream", None, model=record.name, base_url=base_url,
+              base_urls=list(base_urls[1:]))  # fmt: skip
     except IntramurosError as exc:
         fail(exc)
         return
-    console.print(f"added upstream model [bold]{record.name}[/] -> {base_url}", highlight=False)
+    console.print(f"added upstream model [bold]{record.name}[/] -> {', '.join(base_urls)}",
+                  highlight=False)  # fmt: skip
+
+
+@models.command("add-adapter")
+@click.argument("name")
+@click.option("--base", required=True, help="The model it adapts (a GGUF model of the catalogue).")
+@click.option(
+    "--adapter",
+    "adapter",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The llama.cpp LoRA adapter GGUF (convert_lora_to_gguf.py makes one from PEFT).",
+)
+@click.option("--license", "license_", default="unknown", help="Licence of the adapter.")
+@click.option("--description", default="", help="What it was trained for.")
+@click.option("--replace", is_flag=True, help="Replace a model of the same name.")
+@settings_options(*STATE_FIELDS)
+def models_add_adapter(name: str, base: str, adapter: Path, license_: str, description: str,
+                       replace: bool, **options: Any) -> None:  # fmt: skip
+    """Serve a LoRA adapter on a base model: requests naming NAME share the base's loaded
+    weights (and its decode steps); the adapter costs its own size in memory.
+
+    Its file is hashed and its provenance recorded like any model's. A running
+    server picks it up at its first request, and lets it go within a second of
+    `models remove NAME`.
+    """
+    try:
+        auditable(options)
+        catalog = catalog_for(options)
+        record = catalog.add_adapter(adapter, name=name, base=base, license=license_,
+                                     description=description, replace=replace)  # fmt: skip
+        audit(options, "model_add_adapter", None, model=record.name, base=base,
+              sha256=record.sha256, license=record.license,
+              origin=record.origin.model_dump())  # fmt: skip
+    except IntramurosError as exc:
+        fail(exc)
+        return
+    console.print(f"added adapter [bold]{record.name}[/] on {base}, sha256 {record.sha256}",
+                  highlight=False)  # fmt: skip
 
 
 @models.command("engines")

@@ -15,19 +15,23 @@ Documents are read in worker processes (``--workers``, spawned, so a crash in
 a reader kills one worker, not the batch: its document is retried once in a
 fresh pool, then reported). Extraction, when asked, runs in this process
 through an in-process gate (metered and ledgered under ``--tenant``).
+
+With a Ray address (``--ray-address``, the ``ray_address`` setting) the
+documents are read as Ray tasks on that cluster instead: this process reads
+each file and sends its bytes (the nodes need not share a file system), a
+lost worker's document is tried once more, and outputs, errors and resuming
+are the same as with local workers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
-import multiprocessing
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,7 @@ from typing import Any
 from intramuros.docai.pipeline import DEFAULT_MAX_PIXELS, DocumentResult, OcrEngine
 from intramuros.errors import IntramurosError
 from intramuros.fsutil import write_atomic
+from intramuros.platform.distributed import BatchWorkers, WorkerLost
 
 SUPPORTED = frozenset({".pdf", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif",
                        ".webp"})  # fmt: skip
@@ -54,6 +59,7 @@ class BatchOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     schema: dict[str, Any] | None = None
     schema_name: str = "document"
+    ray_address: str | None = None
 
 
 @dataclass
@@ -118,44 +124,70 @@ def page_markdown(result: DocumentResult) -> str:
 
 def read_one(path: str, options: dict[str, Any]) -> dict[str, Any]:
     """Read one document (in a worker process); never raises for a bad document."""
-    from intramuros.docai import pipeline
-
     source = Path(path)
     try:
         st = source.stat()
         data = source.read_bytes()
-        result = pipeline.read_document(data, filename=source.name, **options)
-    except IntramurosError as exc:
-        return {"ok": False, "code": exc.code, "message": exc.message}
     except OSError as exc:
         return {"ok": False, "code": "unreadable_file", "message": f"{exc.strerror}"}
+    return _with_source(read_data(source.name, data, options), _Source.of(data, st))
+
+
+def read_data(name: str, data: bytes, options: dict[str, Any]) -> dict[str, Any]:
+    """Read one document's bytes (in a worker process or a Ray task); never raises for a
+    bad document."""
+    from intramuros.docai import pipeline
+    from intramuros.offline import enforce_offline
+
+    enforce_offline()  # a Ray worker is not started by us: its hub switches are set here
+    try:
+        result = pipeline.read_document(data, filename=name, **options)
+    except IntramurosError as exc:
+        return {"ok": False, "code": exc.code, "message": exc.message}
     except Exception as exc:  # a reader bug: report it, keep the batch going
         return {"ok": False, "code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
-    return {"ok": True, "result": result, "sha256": hashlib.sha256(data).hexdigest(),
-            "size": st.st_size, "mtime_ns": st.st_mtime_ns}  # fmt: skip
+    return {"ok": True, "result": result}
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What marks a source done: its digest, size and mtime."""
+
+    sha256: str
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, data: bytes, st: os.stat_result) -> _Source:
+        return cls(hashlib.sha256(data).hexdigest(), st.st_size, st.st_mtime_ns)
+
+
+def _with_source(outcome: dict[str, Any], source: _Source) -> dict[str, Any]:
+    if outcome["ok"]:
+        outcome.update(sha256=source.sha256, size=source.size, mtime_ns=source.mtime_ns)
+    return outcome
+
+
+async def _read(workers: BatchWorkers, path: Path, reader: dict[str, Any]) -> dict[str, Any]:
+    """One document's outcome: read by a local worker from its path, or, on a cluster
+    (whose nodes may not share this file system), from its bytes sent from here.
+    ``WorkerLost`` when its worker died twice."""
+    if not workers.remote:
+        return await asyncio.wrap_future(workers.submit(read_one, str(path), reader))
+
+    def load() -> tuple[bytes, _Source]:
+        data = path.read_bytes()
+        return data, _Source.of(data, path.stat())
+
+    try:
+        data, source = await asyncio.to_thread(load)  # digesting a large file: off the loop
+    except OSError as exc:
+        return {"ok": False, "code": "unreadable_file", "message": f"{exc.strerror}"}
+    outcome = await asyncio.wrap_future(workers.submit(read_data, path.name, data, reader))
+    return _with_source(outcome, source)
 
 
 Extractor = Callable[[DocumentResult], Any]  # async: (result) -> extraction dict
-
-
-class _Pool:
-    """A process pool that is replaced when a worker dies."""
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self.pool = self._new()
-
-    def _new(self) -> ProcessPoolExecutor:
-        from intramuros.offline import enforce_offline
-
-        return ProcessPoolExecutor(max_workers=self.workers,
-                                   mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=enforce_offline)  # fmt: skip
-
-    def replace(self, broken: ProcessPoolExecutor) -> None:
-        if self.pool is broken:
-            broken.shutdown(wait=False, cancel_futures=True)
-            self.pool = self._new()
 
 
 async def run_batch(
@@ -181,9 +213,9 @@ async def run_batch(
     reader = {"pages": opts.pages, "ocr": opts.ocr, "languages": opts.languages,
               "include_images": False, "max_pages": opts.max_pages,
               "max_pixels": opts.max_pixels}  # fmt: skip
-    pool = _Pool(opts.workers)
+    # Joining a cluster blocks for a moment: not on the loop.
+    workers = await asyncio.to_thread(BatchWorkers, opts.workers, opts.ray_address)
     gate = asyncio.Semaphore(max(1, opts.workers) * 2)
-    loop = asyncio.get_running_loop()
     errors_path = out_dir / ERRORS_FILE
 
     def fail(rel: Path, code: str | None, message: str) -> None:
@@ -196,15 +228,9 @@ async def run_batch(
     async def one(rel: Path) -> None:
         async with gate:
             outcome: dict[str, Any] = {"ok": False, "code": "worker_crashed",
-                                       "message": "the worker process reading it died"}  # fmt: skip
-            for _attempt in range(2):
-                current = pool.pool
-                try:
-                    outcome = await loop.run_in_executor(current, read_one,
-                                                         str(input_dir / rel), reader)  # fmt: skip
-                    break
-                except BrokenProcessPool:
-                    pool.replace(current)
+                                       "message": "the worker reading it died, twice"}  # fmt: skip
+            with contextlib.suppress(WorkerLost):  # then the outcome above
+                outcome = await _read(workers, input_dir / rel, reader)
             await finish(rel, outcome)
             if on_progress is not None:
                 on_progress(summary.done + summary.failed, summary.pages)
@@ -234,7 +260,7 @@ async def run_batch(
     try:
         await asyncio.gather(*(one(rel) for rel in todo))
     finally:
-        pool.pool.shutdown(wait=True, cancel_futures=True)
+        workers.close()
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -28,6 +28,7 @@ _MODEL_OF = {"auto": "intramuros-ocr", "rapidocr": "rapidocr", "tesseract": "tes
              "none": "text-layer"}  # fmt: skip
 _settings_options = settings_options(*STATE_FIELDS, "n_ctx", "docai_max_pages",
                                      "docai_max_pixels", "docai_extract_model")  # fmt: skip
+_batch_options = settings_options("ray_address")
 
 
 def bundled_schemas() -> list[str]:
@@ -208,7 +209,8 @@ def extract_cmd(file: Path, schema_ref: str, engine: str, languages: str | None,
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for one .md and one .json per input, and errors.jsonl.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Worker processes reading documents.")
+              help="Worker processes reading documents (with --ray-address: documents in "
+                   "flight on the cluster are twice this).")
 @click.option("--schema", "schema_ref", default=None,
               help="Also fill this JSON schema (file or bundled name) for every document.")
 @_engine_option
@@ -216,6 +218,7 @@ def extract_cmd(file: Path, schema_ref: str, engine: str, languages: str | None,
 @_pages_option
 @_tenant_option
 @_settings_options
+@_batch_options
 def batch_cmd(input_dir: Path, out_dir: Path, workers: int, schema_ref: str | None,
               engine: str, languages: str | None, pages: str | None, tenant: str,
               **options: Any) -> None:  # fmt: skip
@@ -243,7 +246,8 @@ def batch_cmd(input_dir: Path, out_dir: Path, workers: int, schema_ref: str | No
         raise click.BadParameter("must differ from INPUT_DIR", param_hint="--out")
     opts = BatchOptions(ocr=args["ocr"], model=_MODEL_OF[engine], languages=args["languages"],
                         pages=args["pages"], workers=workers, max_pages=args["max_pages"],
-                        max_pixels=args["max_pixels"], schema=schema, schema_name=name)  # fmt: skip
+                        max_pixels=args["max_pixels"], schema=schema, schema_name=name,
+                        ray_address=settings.ray_address)  # fmt: skip
     console = Console(stderr=True)
     progress = Progress(TextColumn("[bold]reading"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[pages]} pages"), TimeElapsedColumn(),

@@ -79,6 +79,9 @@ class ChatParams:
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: str = "auto"
     response_format: dict[str, Any] | None = None
+    # The client waits for the whole answer (it does not stream): an engine may make it
+    # in one piece (and retry it elsewhere) and hand it over as a single delta.
+    whole: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class CompletionParams:
     echo: bool = False
     suffix: str | None = None
     response_format: dict[str, Any] | None = None
+    whole: bool = False  # as ChatParams.whole
 
 
 @dataclass(frozen=True)
@@ -142,11 +146,27 @@ class Usage:
 
     prompt_tokens: int
     completion_tokens: int
+    # Prompt tokens found already computed (a prefix cache), not read again.
+    cached_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
         """Prompt plus completion tokens."""
         return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class EngineStat:
+    """One number an engine exports: ``intramuros_engine_<name>{model=..., <labels>}``.
+
+    A name always comes with the same label names.
+    """
+
+    name: str
+    kind: Literal["counter", "gauge"]
+    help: str
+    value: float
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -178,7 +198,7 @@ class Engine(abc.ABC):
 
     ``max_concurrency`` is how many calls the serving layer lets run at once
     on one engine instance (1 for an in-process model; more for an upstream
-    server that batches).
+    server that batches); an instance may say otherwise (``concurrency``).
     """
 
     name: ClassVar[str]
@@ -290,6 +310,20 @@ class Engine(abc.ABC):
     def load(self) -> None:
         """Load the model (verify, map weights, connect). Called once, before any call."""
 
+    def with_adapter(self, record: ModelRecord) -> Engine:
+        """This loaded engine serving ``record``, an adapter of its model (``record.base``):
+        an engine sharing this one's weights; closing it lets the adapter go."""
+        raise self._unsupported("adapters")
+
+    @property
+    def concurrency(self) -> int:
+        """Calls the serving layer lets run at once on this instance."""
+        return self.max_concurrency
+
+    def stats(self) -> list[EngineStat]:
+        """The engine's own counters and gauges, exported on ``/metrics`` per model."""
+        return []
+
     def health(self) -> bool:
         """True when the engine can take requests now."""
         return True
@@ -330,6 +364,11 @@ class Engine(abc.ABC):
         for an id outside the vocabulary.
         """
         return None
+
+    def chat_training_tokens(self, params: ChatParams) -> tuple[list[int], list[bool]]:
+        """A finished conversation as token ids, and which of them a fine-tuned model
+        should learn to write (its assistant turns); for engines that can be trained."""
+        raise self._unsupported("fine-tuning")
 
     # -- generation ------------------------------------------------------
 

@@ -1,24 +1,26 @@
 """The default engine: llama.cpp in-process, through ``llama-cpp-python``.
 
-We drive ``Llama.generate`` token by token rather than calling
-``create_chat_completion``: that gives us exact control of stop sequences,
-UTF-8 boundaries, cancellation between tokens, grammar-constrained tool calls
-and log-probabilities (captured by a logits processor, so the model need not
-be loaded with ``logits_all``, which would cost n_ctx x n_vocab floats).
+Generation runs in the model's decode loop (``engines/batching.py``): several
+requests share each ``llama_decode`` (continuous batching) and the prompt
+prefixes already computed. Each request's own thread turns its tokens into
+text: stop sequences, UTF-8 boundaries, grammar-constrained tool calls and
+log-probabilities (from the logits the loop copies for it when asked).
 """
 
 from __future__ import annotations
 
 import codecs
+import copy
 import logging
-import random
+import queue
 import re
 import secrets
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from intramuros.engines import prompting
 from intramuros.engines.base import (
@@ -26,6 +28,7 @@ from intramuros.engines.base import (
     CompletionParams,
     Delta,
     Engine,
+    EngineStat,
     FinishReason,
     SamplingParams,
     TokenLogprob,
@@ -34,6 +37,7 @@ from intramuros.engines.base import (
     Usage,
     WeightsKind,
 )
+from intramuros.engines.batching import BatchError, DecodeLoop, Finished, Job
 from intramuros.engines.stops import find_stop, held_back
 from intramuros.errors import (
     ContextLengthExceeded,
@@ -42,38 +46,67 @@ from intramuros.errors import (
     InvalidRequest,
 )
 
+if TYPE_CHECKING:
+    from intramuros.catalog.records import ModelRecord
+
 log = logging.getLogger(__name__)
 
-# llama.cpp's own sampling defaults: they keep a small model coherent at
-# temperature 1, where pure OpenAI-style sampling would wander off.
-_TOP_K = 40
-_MIN_P = 0.05
+# The context the ``Llama`` object keeps for itself: it only tokenises and reads
+# metadata; generation has the decode loop's context.
+_OWN_CONTEXT = 64
 
 
-class _LogprobCapture:
-    """A logits processor that keeps the log-softmax of the latest logits."""
+class LlamaCppOptions(BaseModel):
+    """The catalogue options of a ``llamacpp`` model (the settings apply when absent)."""
 
-    def __init__(self) -> None:
-        self.latest: np.ndarray[Any, np.dtype[np.float64]] | None = None
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        logits = np.asarray(scores, dtype=np.float64)
-        shifted = logits - logits.max()
-        self.latest = shifted - np.log(np.exp(shifted).sum())
-        return scores
+    slots: int | None = Field(
+        default=None, ge=1, le=256,
+        description="Requests decoded together (default: the llama-slots setting).",
+    )  # fmt: skip
+    context: int | None = Field(
+        default=None, ge=64, le=1_048_576,
+        description="Context window of each slot in tokens (default: n-ctx), capped at the "
+        "model's own.",
+    )  # fmt: skip
+
+
+def log_softmax(logits: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """Log-probabilities of raw logits."""
+    shifted = logits.astype(np.float64) - float(logits.max())
+    result: np.ndarray[Any, np.dtype[np.float64]] = shifted - np.log(np.exp(shifted).sum())
+    return result
 
 
 class LlamaCppEngine(Engine):
-    """A GGUF model run in this process by llama.cpp on the CPU."""
+    """A GGUF model run in this process by llama.cpp on the CPU, its requests batched."""
 
     name: ClassVar[str] = "llamacpp"
     max_concurrency: ClassVar[int] = 1
-    # One GGUF file; no options (the context window is the record's, capped by n_ctx).
     weights: ClassVar[WeightsKind] = "file"
     weights_format: ClassVar[str] = "gguf"
     capabilities: ClassVar[tuple[str, ...]] = ("chat", "completion", "tools", "json")
+    options_model: ClassVar[type[BaseModel] | None] = LlamaCppOptions
 
     _llm: Any = None
+    _loop: DecodeLoop | None = None
+    _formatter: Any = None
+    _closing: Any = None
+    # Set on an adapter's view of a loaded model: the adapter file its requests apply.
+    _adapter: str | None = None
+
+    def _options(self) -> LlamaCppOptions:
+        return LlamaCppOptions.model_validate(dict(self.record.options))
+
+    @property
+    def concurrency(self) -> int:
+        """Requests decoded together: one per slot."""
+        return self._options().slots or self.settings.llama_slots
+
+    def _slot_context(self) -> int:
+        wanted = self._options().context or self.settings.n_ctx
+        return min(wanted, self.record.context_length)
 
     def load(self) -> None:
         """Map the GGUF file and build the chat formatter from its template."""
@@ -83,31 +116,36 @@ class LlamaCppEngine(Engine):
         path = self.record.weights_path()
         if path is None:
             raise EngineUnavailable(f"Model '{self.record.name}' has no weights file.")
-        n_ctx = min(self.settings.n_ctx, self.record.context_length)
         threads = self.settings.llama_threads()
         try:
-            self._llm = Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_threads=threads,
-                n_threads_batch=threads,
-                n_batch=min(self.settings.n_batch, n_ctx),
-                verbose=False,
+            self._llm = Llama(model_path=str(path), n_ctx=_OWN_CONTEXT, n_batch=_OWN_CONTEXT,
+                              n_threads=1, verbose=False)  # fmt: skip
+            self._loop = DecodeLoop(
+                self._llm._model.model,
+                slots=self.concurrency,
+                slot_context=self._slot_context(),
+                n_batch=self.settings.n_batch,
+                threads=threads,
+                name=self.record.name,
             )
-        except (ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError, MemoryError) as exc:
             log.error("llama.cpp could not load %s: %s", path, exc)
+            self.close()
             raise EngineUnavailable(
                 f"Model '{self.record.name}' could not be loaded by llama.cpp."
             ) from None
-        self._formatter = None
+        self._formatter = self._closing = None
         self._controls = self._control_pattern()
         template = self._llm.metadata.get("tokenizer.chat_template")
         if template and self.record.has("chat"):
-            self._formatter = Jinja2ChatFormatter(
-                template=template,
-                eos_token=self._token_text(self._llm.token_eos()),
-                bos_token=self._token_text(self._llm.token_bos()),
-            )
+            eos = self._token_text(self._llm.token_eos())
+            bos = self._token_text(self._llm.token_bos())
+            self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos,
+                                                  bos_token=bos)  # fmt: skip
+            # The same template without the assistant's opening: how a finished
+            # conversation reads, for training on it.
+            self._closing = Jinja2ChatFormatter(template=template, eos_token=eos,
+                                                bos_token=bos, add_generation_prompt=False)  # fmt: skip
 
     def _control_pattern(self) -> re.Pattern[str]:
         """What the spelling of any control token looks like (they are special only in
@@ -138,12 +176,56 @@ class LlamaCppEngine(Engine):
             return ""
         return bytes(self._llm.detokenize([token], special=True)).decode("utf-8", "replace")
 
+    def stats(self) -> list[EngineStat]:
+        """The decode loop's batching and prefix-cache counters."""
+        loop = self._loop
+        if loop is None or self._adapter is not None:  # an adapter's view: its base reports
+            return []
+        s = loop.stats
+        return [
+            EngineStat("batch_slots", "gauge", "Requests the model decodes together.",
+                       len(loop.slots)),
+            EngineStat("batch_active", "gauge", "Requests being decoded now.", s.active),
+            EngineStat("decode_steps", "counter", "llama_decode calls of the decode loop.",
+                       s.steps),
+            EngineStat("batched_tokens", "counter", "Tokens read by those calls.",
+                       s.batched_tokens),
+            EngineStat("prefix_cache_lookups", "counter",
+                       "Prompts looked up in the prefix cache.", s.prefix_lookups),
+            EngineStat("prefix_cache_hits", "counter",
+                       "Prompts that found a prefix already computed.", s.prefix_hits),
+            EngineStat("prefix_cache_saved_tokens", "counter",
+                       "Prompt tokens not read again thanks to the prefix cache.",
+                       s.saved_tokens),
+        ]  # fmt: skip
+
     def health(self) -> bool:
         """Loaded and not closed."""
         return self._llm is not None
 
+    def with_adapter(self, record: ModelRecord) -> LlamaCppEngine:
+        """A view of this loaded model for the LoRA adapter ``record``: same weights, same
+        decode loop; its requests apply the adapter (loaded by the loop at first use)."""
+        if self._loop is None or self._adapter is not None:
+            raise EngineUnavailable(f"Model '{self.record.name}' is not loaded.")
+        if record.path is None:
+            raise EngineUnavailable(f"Adapter '{record.name}' has no file.")
+        view = copy.copy(self)
+        view.record = record
+        view._adapter = record.path
+        return view
+
     def close(self) -> None:
-        """Free the llama.cpp context and model."""
+        """Stop the decode loop, free the llama.cpp contexts and model (an adapter's view:
+        let the adapter go once no request uses it)."""
+        if self._adapter is not None:
+            if self._loop is not None:
+                self._loop.drop_adapter(self._adapter)
+            self._loop = self._llm = None
+            return
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
         if self._llm is not None:
             self._llm.close()
             self._llm = None
@@ -155,10 +237,10 @@ class LlamaCppEngine(Engine):
 
     @property
     def context_length(self) -> int:
-        """The context window actually allocated (``n_ctx``)."""
-        if self._llm is not None:
-            return int(self._llm.n_ctx())
-        return min(self.settings.n_ctx, self.record.context_length)
+        """The context window of one request (a slot's)."""
+        if self._loop is not None:
+            return self._loop.slot_context
+        return self._slot_context()
 
     # -- tokens ----------------------------------------------------------
 
@@ -200,10 +282,46 @@ class LlamaCppEngine(Engine):
     def _tokenize_text(self, text: str) -> list[int]:
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
 
-    def _render(self, messages: list[dict[str, str]]) -> str:
-        assert self._formatter is not None
+    def chat_training_tokens(self, params: ChatParams) -> tuple[list[int], list[bool]]:
+        """A whole conversation as the model reads it, and which tokens it should learn
+        to write: every assistant turn's text and the marker that ends it.
+
+        Each assistant turn is cut at exactly the prompt this engine renders when
+        it serves the conversation up to that turn, so a model trained on these
+        tokens is asked the way it learnt. Messages of OpenAI's fine-tuning format
+        may carry ``weight: 0``: such an assistant turn is read, not learnt.
+        """
+        if self._formatter is None or self._closing is None:
+            raise self._unsupported("chat")
+        messages = prompting.normalise_messages(params)
+        learn = [m["role"] == "assistant" for m in messages]
+        weights = [m.get("weight", 1) for m in params.messages if m.get("role") == "assistant"]
+        ids = self._rendered_tokens(messages, self._closing)
+        mask = [False] * len(ids)
+        turn = 0
+        for j, is_assistant in enumerate(learn):
+            if not is_assistant:
+                continue
+            prompt = self._rendered_tokens(messages[:j], self._formatter)
+            upto = self._rendered_tokens(messages[: j + 1], self._closing)
+            if ids[: len(prompt)] != prompt or ids[: len(upto)] != upto:
+                raise InvalidRequest(
+                    "This model's chat template renders a conversation differently from "
+                    "its beginning, so its assistant turns cannot be isolated for training.",
+                    param="model",
+                )
+            # Merged assistant messages (normalise_messages joins a run of them) count
+            # as learnt if any of them is.
+            if turn >= len(weights) or weights[turn]:
+                mask[len(prompt): len(upto)] = [True] * (len(upto) - len(prompt))
+            turn += 1
+        return ids, mask
+
+    def _render(self, messages: list[dict[str, str]], formatter: Any = None) -> str:
+        formatter = formatter or self._formatter
+        assert formatter is not None
         try:
-            return str(self._formatter(messages=messages).prompt)  # type: ignore[arg-type]
+            return str(formatter(messages=messages).prompt)
         except Exception as exc:  # jinja templates call raise_exception() on odd input
             raise InvalidRequest(
                 f"The messages do not fit this model's chat template: {exc}", param="messages"
@@ -220,15 +338,17 @@ class LlamaCppEngine(Engine):
         """
         if self._formatter is None:
             raise self._unsupported("chat")
-        messages = prompting.normalise_messages(params)
-        prompt = self._render(messages)
+        return self._rendered_tokens(prompting.normalise_messages(params), self._formatter)
+
+    def _rendered_tokens(self, messages: list[dict[str, str]], formatter: Any) -> list[int]:
+        prompt = self._render(messages, formatter)
         if not any(self._controls.search(m["content"]) for m in messages):
             return self._tokens(prompt, special=True)
         # Render again with a sentinel in place of each text, then tokenise the
         # template's pieces with their markers and the texts as plain text.
         tag = "\x00" + secrets.token_hex(8)
         marked = [{**m, "content": f"{tag}{i}\x00"} for i, m in enumerate(messages)]
-        pieces = re.split(f"{tag}(\\d+)\x00", self._render(marked))
+        pieces = re.split(f"{tag}(\\d+)\x00", self._render(marked, formatter))
         texts = [messages[int(i)]["content"] for i in pieces[1::2]]
         rebuilt = "".join(p if k % 2 == 0 else texts[k // 2] for k, p in enumerate(pieces))
         if sorted(int(i) for i in pieces[1::2]) != list(range(len(messages))) or rebuilt != prompt:
@@ -326,21 +446,18 @@ class LlamaCppEngine(Engine):
         self,
         tokens: list[int],
         sampling: SamplingParams,
-        grammar_text: str | None,
+        grammar: str | None,
         cancel: threading.Event,
         *,
         param: str,
     ) -> Iterator[Delta]:
-        """The decoding loop shared by chat and completion."""
-        from llama_cpp import llama_vocab_is_eog
-        from llama_cpp.llama_grammar import LlamaGrammar
-
-        llm = self._llm
-        if llm is None:
+        """One request through the decode loop, its tokens made text here."""
+        loop = self._loop
+        if loop is None or self._llm is None:
             raise EngineUnavailable(f"Model '{self.record.name}' is not loaded.")
         if not tokens:
             raise InvalidRequest("The prompt is empty.", param=param)
-        n_ctx = int(llm.n_ctx())
+        n_ctx = loop.slot_context
         max_new = sampling.max_tokens if sampling.max_tokens is not None else n_ctx - len(tokens)
         if max_new <= 0 or len(tokens) + max_new > n_ctx:
             raise ContextLengthExceeded(
@@ -350,77 +467,80 @@ class LlamaCppEngine(Engine):
                 max_tokens=max(max_new, 1),
                 param=param,
             )
-        grammar = LlamaGrammar.from_string(grammar_text, verbose=False) if grammar_text else None
-        capture = _LogprobCapture() if sampling.logprobs is not None else None
-        llm.set_seed(sampling.seed if sampling.seed is not None else random.getrandbits(31))
-        if sampling.seed is not None:
-            # Reusing the cached prefix of the previous prompt evaluates its last token
-            # alone rather than in a batch, which changes the logits in their last bits
-            # and, at temperature 1, the text: a seed asks for the same text, so the
-            # prompt is evaluated from scratch.
-            llm.reset()
+        job = Job(prompt=tokens, max_new=max_new, sampling=sampling, grammar=grammar,
+                  want_logits=sampling.logprobs is not None,
+                  reuse_prefix=sampling.seed is None, adapter=self._adapter)  # fmt: skip
+        try:
+            loop.submit(job)
+        except BatchError as exc:
+            raise EngineUnavailable(str(exc)) from None
+        try:
+            yield from self._text(job, sampling, cancel)
+        finally:
+            job.leave.set()
 
+    def _text(self, job: Job, sampling: SamplingParams, cancel: threading.Event) -> Iterator[Delta]:
+        """The job's tokens as deltas: stop sequences, whole UTF-8 characters, logprobs."""
         stops = [s for s in sampling.stop if s]
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        generated: list[int] = []
+        generated = 0
         full = ""
         emitted = 0
         finish: FinishReason = "length"
         pending_logprobs: list[TokenLogprob] = []
-        try:
-            stream = llm.generate(
-                tokens,
-                top_k=_TOP_K if sampling.top_k is None else sampling.top_k,
-                top_p=sampling.top_p,
-                min_p=_MIN_P,
-                temp=sampling.temperature,
-                repeat_penalty=sampling.repetition_penalty,
-                presence_penalty=sampling.presence_penalty,
-                frequency_penalty=sampling.frequency_penalty,
-                logits_processor=[capture] if capture else None,
-                grammar=grammar,
-            )
-            for token in stream:
+        while True:
+            try:
+                event = job.out.get(timeout=0.1)
+            except queue.Empty:
                 if cancel.is_set():
-                    finish = "cancelled"
-                    break
-                if llama_vocab_is_eog(llm._model.vocab, token):
-                    finish = "stop"
-                    break
-                generated.append(token)
-                piece = bytes(llm.detokenize([token]))
-                if capture is not None and capture.latest is not None:
-                    pending_logprobs.append(
-                        self._logprob(token, piece, capture.latest, sampling.logprobs or 0)
+                    job.leave.set()
+                continue
+            if isinstance(event, BaseException):
+                if isinstance(event, BatchError) and event.grammar:
+                    raise InvalidRequest(
+                        "The decoding grammar could not be used.", param="response_format"
                     )
-                full += decoder.decode(piece)
-                cut = find_stop(full, stops, emitted)
-                if cut is not None:
-                    full = full[:cut]
-                    finish = "stop"
-                    break
-                safe = len(full) - held_back(full, stops)
-                if safe > emitted:
-                    yield Delta(text=full[emitted:safe], logprobs=pending_logprobs)
-                    emitted, pending_logprobs = safe, []
-                if len(generated) >= max_new:
-                    break
-        except (RuntimeError, ValueError) as exc:
-            # llama.cpp reports decode failures and bad grammars this way.
-            log.error("llama.cpp failed on %s: %s", self.record.name, exc)
-            if grammar_text is not None and not generated:
-                raise InvalidRequest(
-                    "The decoding grammar could not be used.", param="response_format"
-                ) from None
-            raise EngineError(f"Model '{self.record.name}' failed while generating.") from None
+                if isinstance(event, BatchError) and event.adapter:
+                    log.error("%s: %s", self.record.name, event)
+                    raise EngineUnavailable(f"Adapter '{self.record.name}' could not be loaded by "
+                                            "llama.cpp (its shapes or type do not fit its base).")
+                log.error("llama.cpp failed on %s: %s", self.record.name, event)
+                raise EngineError(f"Model '{self.record.name}' failed while generating.")
+            if isinstance(event, Finished):
+                finish = event.reason
+                break
+            if cancel.is_set():
+                finish = "cancelled"
+                break
+            generated += 1
+            piece = self._piece(event.id)
+            if event.logits is not None:
+                logprobs = log_softmax(event.logits)
+                pending_logprobs.append(
+                    self._logprob(event.id, piece, logprobs, sampling.logprobs or 0)
+                )
+            full += decoder.decode(piece)
+            cut = find_stop(full, stops, emitted)
+            if cut is not None:
+                full = full[:cut]
+                finish = "stop"
+                break
+            safe = len(full) - held_back(full, stops)
+            if safe > emitted:
+                yield Delta(text=full[emitted:safe], logprobs=pending_logprobs)
+                emitted, pending_logprobs = safe, []
         if finish != "stop" or not stops:
             full += decoder.decode(b"", final=True)
         yield Delta(
             text=full[emitted:],
             logprobs=pending_logprobs,
             finish_reason=finish,
-            usage=Usage(prompt_tokens=len(tokens), completion_tokens=len(generated)),
+            usage=Usage(prompt_tokens=len(job.prompt), completion_tokens=generated,
+                        cached_tokens=job.cached),
         )
+
+    def _piece(self, token: int) -> bytes:
+        return bytes(self._llm.detokenize([token]))
 
     def _logprob(
         self, token: int, piece: bytes, logprobs: np.ndarray[Any, Any], k: int

@@ -5,6 +5,13 @@ intramuros can run the weights; we forward each call over HTTP and translate
 the answer back into our dataclasses. The record holds no secret: the API key,
 if any, is read from the environment variable named in ``options.api_key_env``.
 
+A model may have several upstreams (``base_url`` and ``base_urls``): a pool
+(``engines/upstream_pool.py``) with least-outstanding balancing. A call whose
+upstream cannot be reached, drops the connection or answers 5xx or 429 before
+anything was streamed is tried on the next upstream; a client that does not
+stream gets its whole answer in one upstream call, so it is retried too; a
+stream that breaks after its first chunk ends with an error.
+
 Failures are mapped by HTTP status and by the JSON body's ``error`` object,
 never by message text. Only the upstream's ``error.message`` (truncated) is
 ever passed on, and only for 4xx answers: a 5xx message may carry the
@@ -13,16 +20,13 @@ upstream's stack traces or file paths, so it goes to our log instead.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import secrets
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import closing, contextmanager
 from functools import partial
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar
 
 import httpx
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, field_serializer
@@ -33,14 +37,22 @@ from intramuros.engines.base import (
     Delta,
     EmbeddingResult,
     Engine,
-    FinishReason,
+    EngineStat,
     Generation,
     SamplingParams,
-    TokenLogprob,
-    ToolCall,
-    TopLogprob,
     Usage,
 )
+from intramuros.engines.upstream_answers import (
+    StreamState,
+    error_object,
+    generation,
+    guard,
+    malformed,
+    retry_after,
+    sse_events,
+    whole_delta,
+)
+from intramuros.engines.upstream_pool import Member, UpstreamPool
 from intramuros.errors import (
     EngineError,
     EngineUnavailable,
@@ -52,16 +64,12 @@ from intramuros.errors import (
 
 log = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
-
-_MAX_MESSAGE = 500
-_HEALTH_TIMEOUT = 3.0
+# Tried on another upstream of the pool: this one is down, restarting or saturated.
+_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+_RETRY_TRANSPORT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
+                    httpx.ReadError, httpx.WriteError, httpx.PoolTimeout)  # fmt: skip
 # Upstream error codes worth keeping: clients branch on them.
 _KEPT_CODES = frozenset({"context_length_exceeded"})
-# OpenAI's legacy "function_call" is a tool call too; anything unknown ends as "stop".
-_FINISH: dict[str, FinishReason] = {
-    "stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls"
-}  # fmt: skip
 
 
 def _plain_url(url: HttpUrl) -> HttpUrl:
@@ -83,6 +91,11 @@ class UpstreamOptions(BaseModel):
         description="The upstream's OpenAI API root, e.g. http://gpu-box:8000/v1 (its host is "
         "the one the egress guard lets this model reach)."
     )
+    base_urls: list[Annotated[HttpUrl, AfterValidator(_plain_url)]] = Field(
+        default_factory=list, max_length=32,
+        description="Further upstreams serving the same model: a pool with base_url, "
+        "balanced by outstanding calls, with failover.",
+    )  # fmt: skip
     upstream_model: str | None = Field(
         default=None, min_length=1, max_length=256,
         description="The model's name at the upstream (default: the model's name here).",
@@ -100,6 +113,10 @@ class UpstreamOptions(BaseModel):
     def _base_url_text(self, url: HttpUrl) -> str:
         return str(url).rstrip("/")
 
+    @field_serializer("base_urls")
+    def _base_urls_text(self, urls: list[HttpUrl]) -> list[str]:
+        return [str(u).rstrip("/") for u in urls]
+
 
 class OpenAIUpstreamEngine(Engine):
     """Runs a model by forwarding requests to an OpenAI-compatible server."""
@@ -113,7 +130,7 @@ class OpenAIUpstreamEngine(Engine):
     options_model: ClassVar[type[BaseModel] | None] = UpstreamOptions
     capabilities: ClassVar[tuple[str, ...]] = ("chat", "completion", "embeddings", "tools", "json")
 
-    _client: httpx.Client | None = None
+    _pool: UpstreamPool | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -127,18 +144,27 @@ class OpenAIUpstreamEngine(Engine):
         """The model's name at the upstream."""
         return str(self.record.options.get("upstream_model") or self.record.name)
 
+    @property
+    def base_urls(self) -> list[str]:
+        """Every upstream of the model: ``base_url`` first."""
+        more = self.record.options.get("base_urls") or []
+        return [self.base_url, *(str(u).rstrip("/") for u in more)]
+
     def _where(self) -> str:
+        if self._pool is not None and len(self._pool.members) > 1:
+            return f"{len(self._pool.members)} upstreams"
         url = httpx.URL(self.base_url)
         return f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
 
     def load(self) -> None:
-        """Open the HTTP client and check that the upstream answers ``GET /models``."""
+        """Open the HTTP clients and check that an upstream answers ``GET /models``."""
         self.close()  # a reload must not leak the previous connection pool
         try:
             timeout = float(self.record.options.get("timeout") or self.settings.upstream_timeout)
         except (TypeError, ValueError):
             timeout = -1.0
-        if not self.base_url.startswith(("http://", "https://")) or timeout <= 0:
+        if (not all(u.startswith(("http://", "https://")) for u in self.base_urls)
+                or timeout <= 0):  # fmt: skip
             raise EngineUnavailable(
                 f"Model '{self.record.name}' has an invalid options.base_url or options.timeout."
             )
@@ -152,49 +178,65 @@ class OpenAIUpstreamEngine(Engine):
                     "(the upstream API key) is not set."
                 )
             headers["Authorization"] = f"Bearer {key}"
-        self._client = httpx.Client(
-            base_url=self.base_url + "/",
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            # No proxy variable may route our traffic anywhere else.
-            trust_env=False,
-        )
-        try:
-            ok = self._client.get("models").status_code == 200
-        except httpx.HTTPError:
-            ok = False
-        if not ok:
+        def client(url: str) -> httpx.Client:
+            return httpx.Client(
+                base_url=url + "/",
+                headers=headers,
+                timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+                # No proxy variable may route our traffic anywhere else.
+                trust_env=False,
+            )
+
+        pool = UpstreamPool(self.base_urls, client, name=self.record.name,
+                            max_failures=self.settings.upstream_max_failures,
+                            probe_seconds=self.settings.upstream_probe_seconds)  # fmt: skip
+        self._pool = pool
+        down = [m for m in pool.members if not pool.probe(m)]
+        if len(down) == len(pool.members):
             self.close()
             raise EngineUnavailable(
                 f"Upstream of model '{self.record.name}' at {self._where()} is not reachable "
                 "(GET /models failed)."
             )
+        for member in down:  # out of service until the prober sees it answer
+            for _ in range(pool.max_failures):
+                pool.failed(member, "GET /models failed at load")
 
     def health(self) -> bool:
-        """True when the upstream answers ``GET /models`` quickly."""
-        if self._client is None:
-            return False
-        try:
-            return self._client.get("models", timeout=_HEALTH_TIMEOUT).status_code == 200
-        except httpx.HTTPError:
-            return False
+        """True when an upstream in service answers ``GET /models`` quickly."""
+        pool = self._pool
+        return pool is not None and any(pool.probe(m) for m in pool.members if m.in_service)
+
+    def stats(self) -> list[EngineStat]:
+        """The pool's balancing and failover counts, per upstream."""
+        return self._pool.stats() if self._pool is not None else []
 
     def close(self) -> None:
-        """Close the HTTP client (and its pooled connections)."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        """Close the HTTP clients (and their pooled connections)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     # -- generation ------------------------------------------------------
 
     def stream_chat(self, params: ChatParams, cancel: threading.Event) -> Iterator[Delta]:
-        """Stream ``POST /chat/completions``; tool calls arrive whole on the last delta."""
+        """Stream ``POST /chat/completions``; tool calls arrive whole on the last delta.
+
+        A client waiting for the whole answer gets it from one non-streaming call,
+        which the pool can retry elsewhere.
+        """
+        if params.whole:
+            yield whole_delta(self.generate_chat(params, cancel))
+            return
         yield from self._stream("chat/completions", self._chat_body(params), cancel, chat=True)
 
     def stream_completion(
         self, params: CompletionParams, cancel: threading.Event
     ) -> Iterator[Delta]:
-        """Stream ``POST /completions``."""
+        """Stream ``POST /completions`` (one non-streaming call for a whole answer)."""
+        if params.whole and not params.echo:
+            yield whole_delta(self.generate_completion(params, cancel))
+            return
         body = self._completion_body(params)
         yield from self._stream("completions", body, cancel, chat=False)
 
@@ -204,14 +246,14 @@ class OpenAIUpstreamEngine(Engine):
         if cancel.is_set():
             return Generation("", "cancelled", Usage(0, 0))
         data = self._post("chat/completions", {**self._chat_body(params), "stream": False})
-        return _guard(lambda: _generation(data, chat=True))
+        return guard(lambda: generation(data, chat=True))
 
     def generate_completion(self, params: CompletionParams, cancel: threading.Event) -> Generation:
         """One non-streaming text completion."""
         if cancel.is_set():
             return Generation("", "cancelled", Usage(0, 0))
         data = self._post("completions", {**self._completion_body(params), "stream": False})
-        return _guard(lambda: _generation(data, chat=False))
+        return guard(lambda: generation(data, chat=False))
 
     def embed(self, inputs: Sequence[str | Sequence[int]]) -> EmbeddingResult:
         """``POST /embeddings``; vectors come back in input order."""
@@ -227,7 +269,7 @@ class OpenAIUpstreamEngine(Engine):
             usage = data.get("usage") or {}
             return EmbeddingResult(vectors, int(usage.get("prompt_tokens") or 0))
 
-        return _guard(parse)
+        return guard(parse)
 
     # -- request bodies --------------------------------------------------
 
@@ -259,45 +301,107 @@ class OpenAIUpstreamEngine(Engine):
 
     # -- HTTP ------------------------------------------------------------
 
-    def _require_client(self) -> httpx.Client:
-        if self._client is None:
+    def _require_pool(self) -> UpstreamPool:
+        if self._pool is None:
             raise EngineUnavailable(f"Model '{self.record.name}' is not loaded.")
-        return self._client
+        return self._pool
+
+    def _attempts(self) -> Generator[Member, None, None]:
+        """The upstreams to try a call on, in turn (each counted outstanding while used)."""
+        pool = self._require_pool()
+        tried: set[str] = set()
+        while (member := pool.pick(tried)) is not None:
+            if tried:
+                pool.failed_over()
+            tried.add(member.url)
+            with pool.using(member):
+                yield member
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            response = self._require_client().post(path, json=body)
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from None
-        if response.status_code >= 400:
-            raise self._status_error(response)
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise self._malformed()
-        return data
+        pool = self._require_pool()
+        error: IntramurosError | None = None
+        attempts = self._attempts()
+        with closing(attempts):
+            for member in attempts:
+                try:
+                    response = member.client.post(path, json=body)
+                except httpx.HTTPError as exc:
+                    error = self._transport_failure(member, exc)
+                    continue
+                retry = self._retryable(member, response)
+                if retry is not None:
+                    error = retry
+                    continue
+                pool.succeeded(member)
+                if response.status_code >= 400:
+                    raise self._status_error(response, member)
+                try:
+                    data = response.json()
+                except ValueError:
+                    data = None
+                if not isinstance(data, dict):
+                    raise self._malformed()
+                return data
+        assert error is not None
+        raise error
 
     @contextmanager
     def _open(self, path: str, body: dict[str, Any]) -> Iterator[httpx.Response]:
-        try:
-            with self._require_client().stream("POST", path, json=body) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise self._status_error(response)
-                yield response
-        except httpx.HTTPError as exc:
-            # Also covers a connection lost mid-stream, raised into us at the yield.
-            raise self._transport_error(exc) from None
+        pool = self._require_pool()
+        error: IntramurosError | None = None
+        attempts = self._attempts()
+        with closing(attempts):
+            for member in attempts:
+                try:
+                    with member.client.stream("POST", path, json=body) as response:
+                        if response.status_code >= 400:
+                            response.read()
+                            retry = self._retryable(member, response)
+                            if retry is not None:
+                                error = retry
+                                continue
+                            raise self._status_error(response, member)
+                        pool.succeeded(member)
+                        try:
+                            yield response
+                        except (httpx.HTTPError, EngineError) as exc:
+                            # Lost mid-stream: the client has had part of the answer, so it
+                            # ends with an error rather than a retry.
+                            pool.failed(member, type(exc).__name__)
+                            if isinstance(exc, httpx.HTTPError):
+                                raise self._transport_error(exc, member) from None
+                            raise
+                        return
+                except httpx.HTTPError as exc:
+                    error = self._transport_failure(member, exc)
+        assert error is not None
+        raise error
+
+    def _retryable(self, member: Member, response: httpx.Response) -> IntramurosError | None:
+        """The error of an answer worth trying on another upstream (5xx, 429), or None.
+        A 429 is the upstream protecting itself, not a failure counted against it."""
+        if response.status_code not in _RETRY_STATUS:
+            return None
+        if response.status_code != 429:
+            self._require_pool().failed(member, f"HTTP {response.status_code}")
+        return self._status_error(response, member)
+
+    def _transport_failure(self, member: Member, exc: httpx.HTTPError) -> IntramurosError:
+        """Count ``exc`` against ``member``; its error to try the next upstream with, or
+        raised when the call may have reached the upstream (not safe to send again)."""
+        self._require_pool().failed(member, type(exc).__name__)
+        error = self._transport_error(exc, member)
+        if not isinstance(exc, _RETRY_TRANSPORT):
+            raise error from None
+        return error
 
     def _stream(
         self, path: str, body: dict[str, Any], cancel: threading.Event, *, chat: bool
     ) -> Iterator[Delta]:
         body = {**body, "stream": True, "stream_options": {"include_usage": True}}
-        state = _StreamState()
+        state = StreamState()
         with self._open(path, body) as response:
-            events = _sse_events(response, self, state)
+            events = sse_events(response, state, self.record.name)
             while True:
                 # Checked before each read, so a cancel never waits for the next token.
                 if cancel.is_set():
@@ -307,7 +411,7 @@ class OpenAIUpstreamEngine(Engine):
                 chunk = next(events, None)
                 if chunk is None:
                     break
-                delta = _guard(partial(state.feed, chunk, chat=chat))
+                delta = guard(partial(state.feed, chunk, chat=chat))
                 if delta.text or delta.logprobs:
                     yield delta
         if state.finish is None and not state.done:
@@ -317,21 +421,21 @@ class OpenAIUpstreamEngine(Engine):
 
     # -- errors ----------------------------------------------------------
 
-    def _transport_error(self, exc: httpx.HTTPError) -> IntramurosError:
+    def _transport_error(self, exc: httpx.HTTPError, member: Member) -> IntramurosError:
         if isinstance(exc, httpx.TimeoutException | httpx.ConnectError):
             return EngineUnavailable(
                 f"Upstream of model '{self.record.name}' at {self._where()} is not "
                 f"reachable or did not answer in time ({type(exc).__name__})."
             )
-        log.warning("upstream %s of model %s: %r", self._where(), self.record.name, exc)
+        log.warning("upstream %s of model %s: %r", member.where, self.record.name, exc)
         return EngineError(f"The connection to the upstream of model '{self.record.name}' failed.")
 
     def _malformed(self) -> EngineError:
-        return EngineError(f"The upstream of model '{self.record.name}' sent a malformed answer.")
+        return malformed(self.record.name)
 
-    def _status_error(self, response: httpx.Response) -> IntramurosError:
+    def _status_error(self, response: httpx.Response, member: Member) -> IntramurosError:
         status = response.status_code
-        message, param, code = _error_object(response)
+        message, param, code = error_object(response)
         name = self.record.name
         if status in (400, 422):
             return InvalidRequest(
@@ -342,12 +446,12 @@ class OpenAIUpstreamEngine(Engine):
         if status == 413:
             return PayloadTooLarge(message or "The upstream found the request too large.")
         if status == 429:
-            return QueueFull(name, limit=0, retry_after=_retry_after(response))
-        log.warning("upstream %s of model %s: HTTP %d: %s", self._where(), name, status, message)
+            return QueueFull(name, limit=0, retry_after=retry_after(response))
+        log.warning("upstream %s of model %s: HTTP %d: %s", member.where, name, status, message)
         if status in (401, 403, 404):
             # Our catalogue or credentials are wrong, not the caller's request.
             return EngineUnavailable(
-                f"The upstream at {self._where()} refused model '{name}' "
+                f"The upstream at {member.where} refused model '{name}' "
                 f"(as '{self.upstream_model}', HTTP {status})."
             )
         return EngineError(f"The upstream of model '{name}' failed (HTTP {status}).")
@@ -378,181 +482,3 @@ def _with_format(body: dict[str, Any], fmt: dict[str, Any] | None) -> dict[str, 
     elif fmt is not None:
         body["response_format"] = dict(fmt)
     return body
-
-
-def _error_object(response: httpx.Response) -> tuple[str, str | None, str | None]:
-    """``(message, param, code)`` of the body's ``error``; empty when there is none."""
-    try:
-        error = response.json().get("error")
-    except (ValueError, AttributeError):
-        return "", None, None
-    if isinstance(error, str):
-        return error[:_MAX_MESSAGE], None, None
-    if not isinstance(error, dict):
-        return "", None, None
-    message, param, code = error.get("message"), error.get("param"), error.get("code")
-    return (
-        str(message)[:_MAX_MESSAGE] if message else "",
-        param if isinstance(param, str) else None,
-        code if isinstance(code, str) else None,
-    )
-
-
-def _retry_after(response: httpx.Response) -> int:
-    value = response.headers.get("Retry-After", "")
-    # An HTTP-date form is possible but rare; we then fall back to 1 s.
-    return max(1, int(value)) if value.strip().isdigit() else 1
-
-
-def _sse_events(
-    response: httpx.Response, engine: OpenAIUpstreamEngine, state: _StreamState
-) -> Iterator[dict[str, Any]]:
-    """The JSON payloads of a server-sent-event stream, up to ``data: [DONE]``."""
-    for line in response.iter_lines():
-        if not line or line.startswith(":"):
-            continue
-        name, sep, value = line.partition(":")
-        if name in ("event", "id", "retry") and sep:
-            continue
-        if name != "data" or not sep:
-            raise engine._malformed()
-        value = value.removeprefix(" ")
-        if value.strip() == "[DONE]":
-            state.done = True
-            return
-        try:
-            payload = json.loads(value)
-        except ValueError:
-            raise engine._malformed() from None
-        if not isinstance(payload, dict):
-            raise engine._malformed()
-        if payload.get("error") is not None:
-            error = payload["error"]
-            message = str(error.get("message") if isinstance(error, dict) else error)
-            log.warning(
-                "upstream of model %s failed mid-stream: %.500s", engine.record.name, message
-            )
-            raise EngineError(f"The upstream of model '{engine.record.name}' failed mid-stream.")
-        yield payload
-
-
-def _guard(parse: Callable[[], _T]) -> _T:
-    """Run a parser; a body of the wrong shape becomes ``EngineError``."""
-    try:
-        return parse()
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
-        raise EngineError("The upstream sent an answer of an unexpected shape.") from None
-
-
-def _finish(value: Any) -> FinishReason:
-    return _FINISH.get(str(value), "stop")
-
-
-def _usage(value: Any) -> Usage | None:
-    if not isinstance(value, dict):
-        return None
-    return Usage(int(value.get("prompt_tokens") or 0), int(value.get("completion_tokens") or 0))
-
-
-def _chat_logprobs(value: Any) -> list[TokenLogprob]:
-    if not isinstance(value, dict):
-        return []
-    return [
-        TokenLogprob(
-            token=str(e["token"]), logprob=float(e["logprob"]), bytes=e.get("bytes"),
-            top=tuple(TopLogprob(str(t["token"]), float(t["logprob"]), t.get("bytes"))
-                      for t in e.get("top_logprobs") or ()),
-        )
-        for e in value.get("content") or ()
-    ]  # fmt: skip
-
-
-def _legacy_logprobs(value: Any) -> list[TokenLogprob]:
-    if not isinstance(value, dict):
-        return []
-    out: list[TokenLogprob] = []
-    tops = value.get("top_logprobs") or []
-    for i, (token, lp) in enumerate(zip(value["tokens"], value["token_logprobs"], strict=True)):
-        if lp is None:  # an echoed first prompt token has no conditional probability
-            continue
-        top = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
-        ranked = sorted(top.items(), key=lambda kv: -float(kv[1]))
-        out.append(
-            TokenLogprob(
-                str(token), float(lp), top=tuple(TopLogprob(str(t), float(p)) for t, p in ranked)
-            )
-        )
-    return out
-
-
-@dataclass
-class _ToolCallParts:
-    id: str = ""
-    name: str = ""
-    arguments: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _StreamState:
-    """What a stream has said so far, for its final delta."""
-
-    finish: FinishReason | None = None
-    usage: Usage | None = None
-    done: bool = False
-    content_chunks: int = 0
-    calls: dict[int, _ToolCallParts] = field(default_factory=dict)
-
-    def feed(self, chunk: dict[str, Any], *, chat: bool) -> Delta:
-        """Take one chunk in; return the text and logprobs it adds."""
-        self.usage = _usage(chunk.get("usage")) or self.usage
-        choices = chunk.get("choices") or []
-        if not choices:  # the usage chunk has none
-            return Delta()
-        choice = choices[0]
-        if choice.get("finish_reason"):
-            self.finish = _finish(choice["finish_reason"])
-        if not chat:
-            text = choice.get("text") or ""
-            logprobs = _legacy_logprobs(choice.get("logprobs"))
-        else:
-            delta = choice.get("delta") or {}
-            text = delta.get("content") or ""
-            logprobs = _chat_logprobs(choice.get("logprobs"))
-            for part in delta.get("tool_calls") or ():
-                call = self.calls.setdefault(int(part.get("index") or 0), _ToolCallParts())
-                fn = part.get("function") or {}
-                # id and name come whole (some servers repeat them in every chunk,
-                # llama-cpp-python does): keep the first; arguments come in pieces.
-                call.id = call.id or str(part.get("id") or "")
-                call.name = call.name or str(fn.get("name") or "")
-                call.arguments.append(str(fn.get("arguments") or ""))
-        if text:
-            self.content_chunks += 1
-        return Delta(text=str(text), logprobs=logprobs)
-
-    def tool_calls(self) -> list[ToolCall]:
-        return [
-            ToolCall(c.id or "call_" + secrets.token_hex(12), c.name, "".join(c.arguments) or "{}")
-            for _, c in sorted(self.calls.items())
-        ]
-
-    def final_usage(self) -> Usage:
-        # Without a usage chunk (not every server honours include_usage), each
-        # content chunk is roughly one token.
-        return self.usage or Usage(0, self.content_chunks)
-
-
-def _generation(data: dict[str, Any], *, chat: bool) -> Generation:
-    choice = data["choices"][0]
-    usage = _usage(data.get("usage")) or Usage(0, 0)
-    if not chat:
-        return Generation(str(choice.get("text") or ""), _finish(choice.get("finish_reason")),
-                          usage, _legacy_logprobs(choice.get("logprobs")))  # fmt: skip
-    message = choice["message"]
-    calls = [
-        ToolCall(str(c.get("id") or "call_" + secrets.token_hex(12)),
-                 str(c["function"]["name"]), str(c["function"].get("arguments") or "{}"))
-        for c in message.get("tool_calls") or ()
-    ]  # fmt: skip
-    return Generation(str(message.get("content") or ""), _finish(choice.get("finish_reason")),
-                      usage, _chat_logprobs(choice.get("logprobs")), calls)  # fmt: skip

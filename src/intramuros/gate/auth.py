@@ -31,8 +31,11 @@ async def principal(request: Request) -> Principal:
     if not service.settings.auth:
         who = ANONYMOUS
     else:
-        # scrypt (first use of a key) and a database read: off the event loop
-        who = await asyncio.to_thread(service.tenants.authenticate, bearer_token(request))
+        token = bearer_token(request)
+        # A key checked a moment ago is remembered (no I/O); otherwise scrypt (first use
+        # of a key) and a database read, off the event loop.
+        who = service.tenants.cached_principal(token) or await asyncio.to_thread(
+            service.tenants.authenticate, token)
     request.state.principal = who
     return who
 

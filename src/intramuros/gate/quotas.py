@@ -1,8 +1,15 @@
 """Quotas: requests and tokens per minute, tokens per month, per key and per tenant.
 
-Per-minute windows are kept in this process's memory (sliding 60 s windows):
-with several gateway replicas each enforces its own share; the monthly budget
-is read from the ``usage`` table, which all replicas share.
+Per-minute windows are sliding 60 s windows. With one server they are kept in
+its memory. Replicas sharing one database (``quota_store``: ``database``, or
+``auto`` with PostgreSQL) keep them in the database instead, so that a
+tenant's limit holds across all of them: each admitted request and each
+charge of tokens is a row of ``quota_events``; a replica admitting a request
+locks the scope's row of ``quota_scopes``, counts the window and adds its
+request in one transaction, so two replicas cannot both admit the last one.
+Only scopes with a per-minute limit are counted there; calls without one read
+nothing. The monthly budget is read from the ``usage`` table, which all
+replicas share.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from sqlalchemy.engine import Connection
 
 from intramuros.errors import RateLimited
 from intramuros.gate.policy import Limits
-from intramuros.gate.tables import usage
+from intramuros.gate.tables import quota_events, quota_scopes, usage
 from intramuros.store.db import Database
 
 WINDOW = 60.0
@@ -54,17 +61,37 @@ def month_start(now: float) -> tuple[str, float]:
 class Quotas:
     """Checks limits before a call and charges tokens after it."""
 
-    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Database, clock: Callable[[], float] = time.time,
+                 shared: bool = False) -> None:  # fmt: skip
         self.db = db
         self.clock = clock
+        # Per-minute windows in the database, shared by replicas (see the module docstring).
+        self.shared = shared
         self._windows: dict[tuple[str, str], _Window] = {}
         self._lock = threading.Lock()
+        self._swept = 0.0
+
+    def reads_database(self, scopes: list[tuple[str, str, Limits]]) -> bool:
+        """Whether :meth:`admit` reads the database for these scopes (then call it in a
+        thread): a monthly budget, or a per-minute limit shared by replicas."""
+        return any(limits.monthly_tokens is not None or (self.shared and _per_minute(limits))
+                   for _k, _i, limits in scopes)  # fmt: skip
+
+    def charged_scopes(self, scopes: list[tuple[str, str, Limits]]) -> list[tuple[str, str]]:
+        """The scopes whose tokens a finished call must charge: all of them in memory; in
+        the database, only those with a tokens-per-minute limit."""
+        if not self.shared:
+            return [(kind, ident) for kind, ident, _l in scopes]
+        return [(kind, ident) for kind, ident, limits in scopes if limits.tpm is not None]
 
     def admit(self, scopes: list[tuple[str, str, Limits]]) -> None:
         """Count one request against each ``(kind, id, limits)``, or raise ``RateLimited``.
 
         Nothing is counted unless every scope admits the request.
         """
+        if self.shared:
+            self._admit_shared(scopes)
+            return
         now = self.clock()
         with self._lock:
             for kind, ident, limits in scopes:
@@ -80,20 +107,45 @@ class Quotas:
                     raise RateLimited(
                         f"Rate limit reached for {kind} {ident}: {limits.tpm} tokens per minute.",
                         retry_after=math.ceil(wait))  # fmt: skip
-            for kind, ident, limits in scopes:
-                if limits.monthly_tokens is not None:
-                    used = self.month_tokens(kind, ident, now)
-                    if used >= limits.monthly_tokens:
-                        _, wait = month_start(now)
-                        raise RateLimited(
-                            f"Monthly token budget of {limits.monthly_tokens} reached for "
-                            f"{kind} {ident}.", retry_after=math.ceil(wait))  # fmt: skip
+            self._check_months(scopes, now)
             for kind, ident, _limits in scopes:
                 self._windows[(kind, ident)].requests.append(now)
 
+    def _admit_shared(self, scopes: list[tuple[str, str, Limits]]) -> None:
+        limited = sorted((k, i, lim) for k, i, lim in scopes if _per_minute(lim))
+        if limited:
+            with self.db.begin() as conn:
+                now = self.clock()
+                # Locked in one order by every replica: two admissions cannot deadlock.
+                for kind, ident, _limits in limited:
+                    _lock_scope(conn, kind, ident)
+                for kind, ident, limits in limited:
+                    _check_window(conn, kind, ident, limits, now)
+                self._check_months(scopes, now)
+                conn.execute(quota_events.insert(), [
+                    {"kind": kind, "ident": ident, "ts": now, "requests": 1, "tokens": 0}
+                    for kind, ident, _limits in limited])  # fmt: skip
+                if now - self._swept > WINDOW:
+                    # Events older than the window count for nothing: dropped once a minute.
+                    self._swept = now
+                    conn.execute(quota_events.delete().where(quota_events.c.ts <= now - WINDOW))
+        else:
+            self._check_months(scopes, self.clock())
+
+    def _check_months(self, scopes: list[tuple[str, str, Limits]], now: float) -> None:
+        for kind, ident, limits in scopes:
+            if limits.monthly_tokens is not None:
+                used = self.month_tokens(kind, ident, now)
+                if used >= limits.monthly_tokens:
+                    _, wait = month_start(now)
+                    raise RateLimited(
+                        f"Monthly token budget of {limits.monthly_tokens} reached for "
+                        f"{kind} {ident}.", retry_after=math.ceil(wait))  # fmt: skip
+
     def charge(self, scopes: list[tuple[str, str]], tokens: int) -> None:
-        """Add a finished call's tokens to the per-minute windows."""
-        if tokens <= 0:
+        """Add a finished call's tokens to the per-minute windows kept in memory (shared
+        windows are charged in the call's record: :func:`record_quota_tokens`)."""
+        if tokens <= 0 or self.shared:
             return
         now = self.clock()
         with self._lock:
@@ -111,12 +163,57 @@ class Quotas:
             return int(conn.execute(query).scalar() or 0)
 
 
+def _per_minute(limits: Limits) -> bool:
+    return limits.rpm is not None or limits.tpm is not None
+
+
+def _lock_scope(conn: Connection, kind: str, ident: str) -> None:
+    """Create the scope's row if needed, and lock it until the transaction ends."""
+    key = {"kind": kind, "ident": ident}
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        conn.execute(pg_insert(quota_scopes).values(**key).on_conflict_do_nothing())
+    else:  # SQLite: the transaction already holds the database's write lock
+        conn.execute(quota_scopes.insert().prefix_with("OR IGNORE").values(**key))
+    conn.execute(sa.select(quota_scopes.c.kind).where(
+        quota_scopes.c.kind == kind, quota_scopes.c.ident == ident).with_for_update())
+
+
+def _check_window(conn: Connection, kind: str, ident: str, limits: Limits, now: float) -> None:
+    """``RateLimited`` if the scope's last minute, as all replicas recorded it, is full."""
+    e = quota_events.c
+    since = now - WINDOW
+    requests, tokens, first_request, first_tokens = conn.execute(sa.select(
+        sa.func.coalesce(sa.func.sum(e.requests), 0), sa.func.coalesce(sa.func.sum(e.tokens), 0),
+        sa.func.min(sa.case((e.requests > 0, e.ts))), sa.func.min(sa.case((e.tokens > 0, e.ts))),
+    ).where(e.kind == kind, e.ident == ident, e.ts > since)).one()  # fmt: skip
+    if limits.rpm is not None and requests >= limits.rpm:
+        raise RateLimited(
+            f"Rate limit reached for {kind} {ident}: {limits.rpm} requests per minute.",
+            retry_after=math.ceil(first_request + WINDOW - now))  # fmt: skip
+    if limits.tpm is not None and tokens >= limits.tpm:
+        raise RateLimited(
+            f"Rate limit reached for {kind} {ident}: {limits.tpm} tokens per minute.",
+            retry_after=math.ceil(first_tokens + WINDOW - now))  # fmt: skip
+
+
+def record_quota_tokens(conn: Connection, scopes: list[tuple[str, str]], tokens: int,
+                        now: float) -> None:  # fmt: skip
+    """Charge a finished call's tokens to shared per-minute windows, in ``conn``'s
+    transaction (the call's record)."""
+    if tokens > 0 and scopes:
+        conn.execute(quota_events.insert(), [
+            {"kind": kind, "ident": ident, "ts": now, "requests": 0, "tokens": tokens}
+            for kind, ident in scopes])  # fmt: skip
+
+
 # Built once: compiled once and cached, only the parameters change (the hot path of every
 # call's record). Parameter names differ from the columns', as SQLAlchemy requires in UPDATE.
 _USAGE_WHERE = (usage.c.tenant == sa.bindparam("b_tenant"), usage.c.key_id == sa.bindparam("b_key"),
                 usage.c.model == sa.bindparam("b_model"), usage.c.day == sa.bindparam("b_day"))
 _USAGE_UPDATE = usage.update().where(*_USAGE_WHERE).values(
-    requests=usage.c.requests + 1,
+    requests=usage.c.requests + sa.bindparam("b_requests", type_=sa.Integer),
     prompt_tokens=usage.c.prompt_tokens + sa.bindparam("b_prompt", type_=sa.Integer),
     completion_tokens=usage.c.completion_tokens + sa.bindparam("b_completion", type_=sa.Integer),
 )
@@ -125,18 +222,20 @@ _USAGE_INSERT = usage.insert()
 
 def record_usage(
     conn: Connection, *, tenant: str, key_id: str, model: str, prompt: int, completion: int,
-    now: float,
+    now: float, requests: int = 1,
 ) -> None:  # fmt: skip
-    """Add one call to the daily ``usage`` totals (update, else insert), in ``conn``'s
-    transaction."""
+    """Add calls (one by default) to the daily ``usage`` totals (update, else insert), in
+    ``conn``'s transaction."""
     day = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d")
     updated = conn.execute(_USAGE_UPDATE, {
         "b_tenant": tenant, "b_key": key_id, "b_model": model, "b_day": day,
-        "b_prompt": prompt, "b_completion": completion}).rowcount  # fmt: skip
+        "b_requests": requests, "b_prompt": prompt,
+        "b_completion": completion}).rowcount  # fmt: skip
     if not updated:
         conn.execute(_USAGE_INSERT, {
-            "tenant": tenant, "key_id": key_id, "model": model, "day": day, "requests": 1,
-            "prompt_tokens": prompt, "completion_tokens": completion})  # fmt: skip
+            "tenant": tenant, "key_id": key_id, "model": model, "day": day,
+            "requests": requests, "prompt_tokens": prompt,
+            "completion_tokens": completion})  # fmt: skip
 
 
 def usage_report(

@@ -72,6 +72,28 @@ tenant_tombstones = sa.Table(
     sa.Column("purged", sa.Text, nullable=True),
 )
 
+# Per-minute quotas shared by the replicas of one database (setting quota_store): each
+# admitted request and each charge of tokens is an event; a scope's row is locked while
+# a replica checks and counts it, so two replicas cannot both admit the last request.
+quota_scopes = sa.Table(
+    "quota_scopes",
+    metadata,
+    sa.Column("kind", sa.String(8), primary_key=True),
+    sa.Column("ident", sa.String(64), primary_key=True),
+)
+quota_events = sa.Table(
+    "quota_events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("ident", sa.String(64), nullable=False),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("requests", sa.Integer, nullable=False),
+    sa.Column("tokens", sa.BigInteger, nullable=False),
+    sa.Index("ix_quota_events_scope", "kind", "ident", "ts"),
+)
+
 # Tenant values that are not tenants of the table: the tenant of --no-auth mode.
 IMPLICIT_TENANTS = frozenset({"default"})
 
@@ -106,6 +128,12 @@ def _orphans(conn: Connection) -> None:
         ), {"id": tenant_id, "name": tenant_id[:64], "now": time.time()})  # fmt: skip
 
 
+def _shared_quotas(conn: Connection) -> None:
+    private = sa.MetaData()
+    for table in (quota_scopes, quota_events):
+        table.to_metadata(private).create(conn)
+
+
 def _create_v1(conn: Connection) -> None:
     """``tenants`` as the first step created it (step 2 adds ``id``), keys and usage."""
     v1 = sa.MetaData()
@@ -124,4 +152,5 @@ def migrations() -> list[Migration]:
     return area_steps("gate", 20, [
         ("tenants, api keys, usage", [_create_v1]),
         ("tenants are identities", [_tenant_ids, _tombstones, _orphans]),
+        ("per-minute quotas shared by replicas", [_shared_quotas]),
     ])  # fmt: skip

@@ -9,10 +9,17 @@ can ever be read as the new one's.
 An API key reads ``im_<key id>_<secret>``. Only a salted scrypt hash of the
 secret is stored; the key is shown once, at creation. Checking a key costs
 one scrypt (tens of milliseconds, by design), so a key already checked is
-remembered in memory by the sha256 of the whole key; revocation and expiry
-are read from the database on every request all the same. An unknown key id
+remembered in memory by the sha256 of the whole key. An unknown key id
 costs the same scrypt (against a dummy hash), so the time of a refusal does
 not tell whether a key id exists.
+
+What a key may do (its principal) and its tenant's policy are read from the
+database at most once per ``cache_seconds`` (a setting, 1 s by default) and
+remembered meanwhile, so that a call needs no database read before it runs.
+A change made through this process (a key revoked, a tenant deleted, a
+policy set) clears what is remembered at once; one made elsewhere (the
+command line, another replica) is seen within ``cache_seconds``. Calls in
+flight are watched apart (:mod:`intramuros.gate.keywatch`).
 
 Roles: ``user`` calls models and reads its own tenant's records; ``admin``
 manages its own tenant (keys, policy, records, KYC settings) and nothing
@@ -49,6 +56,7 @@ Role = Literal["user", "admin", "operator"]
 ROLES: tuple[str, ...] = get_args(Role)
 TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _KEY_RE = re.compile(r"im_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
+_KEY_LENGTH = 3 + 16 + 1 + 43
 # scrypt cost: about 50 ms and 16 MiB on a current CPU per check, once per key
 # and process (then cached), which makes offline guessing of a stolen hash slow.
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
@@ -156,9 +164,36 @@ def _check_name(name: str) -> None:
 class Tenants:
     """Tenant and key management, and key checking."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cache_seconds: float = 1.0) -> None:
         self.db = db
+        self.cache_seconds = cache_seconds
         self._checked: dict[str, str] = {}  # sha256(full key) -> key id
+        # sha256(full key) -> (principal, monotonic time it is good until)
+        self._principals: dict[str, tuple[Principal, float]] = {}
+        # tenant id -> (policy, monotonic time it is good until)
+        self._policies: dict[str, tuple[TenantPolicy, float]] = {}
+
+    def forget(self) -> None:
+        """Drop every remembered principal and policy (after a change of keys or tenants)."""
+        self._principals.clear()
+        self._policies.clear()
+
+    def cached_principal(self, token: str | None) -> Principal | None:
+        """The principal of ``token`` if it was authenticated in the last ``cache_seconds``;
+        None otherwise (then :meth:`authenticate`, which reads the database). Cheap: no I/O."""
+        if not token or len(token) > _KEY_LENGTH:
+            return None
+        hit = self._principals.get(hashlib.sha256(token.encode()).hexdigest())
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
+
+    def cached_policy(self, tenant_id: str) -> TenantPolicy | None:
+        """The tenant's policy if read in the last ``cache_seconds``; None otherwise."""
+        hit = self._policies.get(tenant_id)
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
 
     # -- tenants -------------------------------------------------------------
 
@@ -224,13 +259,17 @@ class Tenants:
 
     def policy(self, tenant_id: str) -> TenantPolicy:
         """The policy of the tenant whose id is ``tenant_id``; ``NotFound`` if none."""
-        return self.by_id(tenant_id).policy
+        policy = self.by_id(tenant_id).policy
+        if self.cache_seconds > 0:
+            self._policies[tenant_id] = (policy, time.monotonic() + self.cache_seconds)
+        return policy
 
     def set_policy(self, tenant_id: str, policy: TenantPolicy) -> None:
         """Replace the policy of the tenant whose id is ``tenant_id``."""
         with self.db.begin() as conn:
             updated = conn.execute(tenants.update().where(tenants.c.id == tenant_id)
                                    .values(policy=policy.model_dump_json())).rowcount  # fmt: skip
+        self.forget()
         if not updated:
             raise NotFound(f"No tenant '{tenant_id}'.", param="tenant")
 
@@ -253,6 +292,7 @@ class Tenants:
                 id=tenant_id, name=name, created_at=row["created_at"], deleted_at=now,
                 actor=actor[:200]))  # fmt: skip
         self._checked.clear()
+        self.forget()
         return TenantTombstone(id=tenant_id, name=name, deleted_at=now, actor=actor)
 
     def tombstones(self, *, pending_only: bool = False) -> list[TenantTombstone]:
@@ -329,8 +369,10 @@ class Tenants:
         if tenant_id is not None:
             query = query.where(api_keys.c.tenant == tenant_id)
         with self.db.begin() as conn:
-            if not conn.execute(query.values(revoked_at=time.time())).rowcount:
-                raise NotFound(f"No active key '{key_id}'.", param="key_id")
+            revoked = conn.execute(query.values(revoked_at=time.time())).rowcount
+        self.forget()
+        if not revoked:
+            raise NotFound(f"No active key '{key_id}'.", param="key_id")
 
     def active_keys(self, key_ids: Iterable[str]) -> set[str]:
         """Which of ``key_ids`` are still neither revoked, expired nor deleted."""
@@ -367,8 +409,14 @@ class Tenants:
         info = _info(row)
         if not info.active(time.time()) or not info.tenant_name:
             raise AuthenticationError()  # revoked, expired, or its tenant is gone
-        return Principal(tenant=info.tenant, key_id=info.id, role=info.role, models=info.models,
-                         limits=info.limits, tenant_name=info.tenant_name)  # fmt: skip
+        who = Principal(tenant=info.tenant, key_id=info.id, role=info.role, models=info.models,
+                        limits=info.limits, tenant_name=info.tenant_name)  # fmt: skip
+        if self.cache_seconds > 0:
+            until = time.monotonic() + self.cache_seconds
+            if info.expires_at is not None:  # never remembered past its expiry
+                until = min(until, time.monotonic() + info.expires_at - time.time())
+            self._principals[fingerprint] = (who, until)
+        return who
 
 
 def _id_taken(conn: sa.Connection, tenant_id: str) -> bool:

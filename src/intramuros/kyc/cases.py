@@ -12,6 +12,7 @@ import time
 from typing import Any, Literal
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from intramuros.kyc.errors import CaseNotFound
 from intramuros.kyc.tables import kyc_cases
@@ -22,6 +23,22 @@ STATUS_OF: dict[str, str] = {"true_match": "confirmed", "false_positive": "clear
                              "escalate": "escalated"}  # fmt: skip
 
 
+def new_case(tenant: str, customer_id: str | None, subject: dict[str, Any],
+             matches: list[dict[str, Any]], context: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """The row of a new open case (its id is ``row["id"]``), to insert with others."""
+    data = {"subject": subject, "matches": matches, **context}
+    return {"id": "case_" + secrets.token_hex(10), "tenant": tenant, "customer_id": customer_id,
+            "created_at": time.time(), "status": "open",
+            "top_score": max((m["score"] for m in matches), default=0.0),
+            "data": json.dumps(data, ensure_ascii=False), "history": "[]"}  # fmt: skip
+
+
+def insert_cases(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert rows made by :func:`new_case`."""
+    if rows:
+        conn.execute(kyc_cases.insert(), rows)
+
+
 class Cases:
     """Case records of every tenant (always queried with the tenant)."""
 
@@ -30,15 +47,11 @@ class Cases:
 
     def open(self, tenant: str, customer_id: str | None, subject: dict[str, Any],
              matches: list[dict[str, Any]], context: dict[str, Any]) -> str:  # fmt: skip
-        """A new open case; returns its id."""
-        case_id = "case_" + secrets.token_hex(10)
-        data = {"subject": subject, "matches": matches, **context}
+        """A new open case, in a transaction of its own; returns its id."""
+        row = new_case(tenant, customer_id, subject, matches, context)
         with self.db.begin() as conn:
-            conn.execute(kyc_cases.insert().values(
-                id=case_id, tenant=tenant, customer_id=customer_id, created_at=time.time(),
-                status="open", top_score=max((m["score"] for m in matches), default=0.0),
-                data=json.dumps(data, ensure_ascii=False), history="[]"))
-        return case_id
+            insert_cases(conn, [row])
+        return str(row["id"])
 
     def list(self, tenant: str, status: str | None = None, limit: int = 100,
              before: float | None = None) -> list[dict[str, Any]]:  # fmt: skip

@@ -227,16 +227,26 @@ def screen(path: Path, out: Path, tenant: str, limit: int, **options: Any) -> No
 @group.command("rescreen")
 @click.option("--tenant", required=True, help="Tenant whose stored customers to screen again.")
 @_state_options
+@settings_options("ray_address")
 def rescreen(tenant: str, **options: Any) -> None:
     """Screen stored customers again; open cases only for new or changed hits."""
+    from intramuros.platform.distributed import BatchWorkers
+
+    workers = None
     try:
         session = _session(options)
         tenant = session.store.tenant_id(tenant)
+        address = load_options(options).ray_address
+        # Locally the matching runs in this process, as it always has; Ray when asked.
+        workers = BatchWorkers(1, address) if address else None
         started = time.perf_counter()
-        summary = session.flow.rescreen(tenant, None)
+        summary = session.flow.rescreen(tenant, None, workers=workers)
     except IntramurosError as exc:
         error(exc.message)
         return
+    finally:
+        if workers is not None:
+            workers.close()
     click.echo(f"re-screened {summary['customers']} customers in "
                f"{time.perf_counter() - started:.2f}s: {summary['cases_opened']} case(s) opened")
     for case_id in summary["case_ids"]:
@@ -254,7 +264,7 @@ def threshold(tenant: str, value: float | None, **options: Any) -> None:
         flow = session.flow
         tenant = session.store.tenant_id(tenant)
         if value is not None:
-            flow.store.set_threshold(tenant, value)
+            flow.set_threshold(tenant, value)
             session.ledger.append("admin", tenant=tenant, key_id=None, subject=None, data={
                 "action": "kyc_threshold", "actor": actor(), "threshold": value})
         click.echo(f"{tenant}\t{flow.threshold_for(tenant)}")

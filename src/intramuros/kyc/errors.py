@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from intramuros.errors import ClientError, NotFound, ServerError
 
-__all__ = ["CaseNotFound", "ImportFailed", "KycUnavailable", "ListNotFound", "MalformedList"]
+__all__ = ["CaseNotFound", "ImportFailed", "KycUnavailable", "ListNotFound", "MalformedList",
+           "MatcherRestarted"]
 
 
 class MalformedList(ClientError):
@@ -37,3 +38,10 @@ class KycUnavailable(ServerError):
 
     status = 503
     code = "kyc_unavailable"
+
+
+class MatcherRestarted(ServerError):
+    """A matcher process died during the screening (killed, out of memory); new ones start."""
+
+    status = 503
+    code = "kyc_matcher_restarted"

@@ -11,20 +11,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import PurePath
 from typing import Any
+
+from sqlalchemy.engine import Connection
 
 from intramuros.errors import IntramurosError, ServerError
 from intramuros.gate.tenants import Principal
 from intramuros.kyc import protocol as kp
+from intramuros.kyc.matcher import MatcherPool
 from intramuros.kyc.settings import KycSettings
 from intramuros.kyc.summary import draft_summary
 from intramuros.kyc.workflow import KycWorkflow
-from intramuros.platform.interface import Platform
+from intramuros.platform.interface import AuditEvent, Platform
 from intramuros.settings import section
 
 MATCHER = "kyc-matcher"
+# Screenings concluded on the event loop (cases, records: well under a millisecond each).
+INLINE_SUBJECTS = 4
 log = logging.getLogger(__name__)
 
 
@@ -38,6 +44,10 @@ class KycService:
         self.core = core
         self.settings = section(core.settings, KycSettings)
         self.workflow = KycWorkflow(core.tables, core.auditor, self.settings)
+        processes = self.settings.kyc_matcher_processes
+        # With matcher processes, they hold the index and keep it fresh; the server holds none.
+        self.matcher = (MatcherPool(core.settings.resolved_database_url(), self.settings,
+                                    processes) if processes > 0 else None)  # fmt: skip
         # The server refreshes in the background (below): a request never waits
         # for an index rebuild, it screens on the snapshot in place.
         self._interval = self.settings.kyc_refresh_seconds
@@ -47,6 +57,9 @@ class KycService:
 
     async def start(self) -> None:
         """Load the active lists into the index (tables exist by now), then watch them."""
+        if self.matcher is not None:
+            await self.matcher.start()
+            return
         await asyncio.to_thread(self.workflow.screener.refresh, True)
         if self._interval > 0:
             self._refresher = asyncio.create_task(self._watch_lists())
@@ -62,11 +75,13 @@ class KycService:
                 log.exception("kyc list refresh failed")
 
     async def close(self) -> None:
-        """Stop watching the lists (the index is memory only)."""
+        """Stop watching the lists (the index is memory only), and the matcher processes."""
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
+        if self.matcher is not None:
+            await asyncio.to_thread(self.matcher.close)
 
     async def screen(self, who: Principal, subjects: list[dict[str, Any]],
                      lists: list[str] | None, limit: int,
@@ -74,33 +89,50 @@ class KycService:
         """Screen subjects in one metered call."""
         subject = subjects[0].get("customer_id") if len(subjects) == 1 else None
         meter, _policy = await self.core.begin_call(who, route, MATCHER, subject)
-        # The screening's record goes through the recorder (group-committed with other
-        # calls' records) rather than in a transaction of its own on this thread.
+        # The screening's record, and the cases it opens, are written with the call's own
+        # records: one transaction of the recorder, group-committed with other calls.
         records = _Deferred()
+        writes: list[Callable[[Connection], None]] = []
         try:
-            results = await asyncio.to_thread(self.workflow.screen, who.tenant, who.key_id,
-                                              subjects, lists=lists, limit=limit, route=route,
-                                              auditor=records)  # fmt: skip
+            results = await self._screen(who, subjects, lists, limit, route, records, writes)
         except BaseException as exc:
             await self.core.end_call(meter, exc)
             raise
         meter.extra = {"screenings": len(results),
                        "alerts": sum(1 for r in results if r["case_id"]),
                        "lists": results[0]["lists"] if results else {}}  # fmt: skip
-        written = await asyncio.gather(*(self.core.audit_event(kind, **fields)
-                                         for kind, fields in records.records))  # fmt: skip
-        if not all(written):
-            # A screening not on record is not answered (the cases it opened stay).
+        if not await self.core.end_call(meter, events=records.events, writes=writes):
+            # A screening not on record is not answered, and opened no case.
             failed = ServerError("The screening could not be recorded in the ledger.")
             await self.core.end_call(meter, failed)
             raise failed
-        await self.core.end_call(meter)
         return results
+
+    async def _screen(
+        self, who: Principal, subjects: list[dict[str, Any]], lists: list[str] | None,
+        limit: int, route: str, records: _Deferred, writes: list[Callable[[Connection], None]],
+    ) -> list[dict[str, Any]]:
+        if self.matcher is None:
+            return await asyncio.to_thread(self.workflow.screen, who.tenant, who.key_id,
+                                           subjects, lists=lists, limit=limit, route=route,
+                                           auditor=records, writes=writes)  # fmt: skip
+        flow = self.workflow
+        threshold = flow.cached_threshold(who.tenant)
+        if threshold is None:
+            threshold = await asyncio.to_thread(flow.threshold_for, who.tenant)
+        matched = await self.matcher.match(subjects, threshold,
+                                           frozenset(lists) if lists else None, limit)
+        conclude = partial(flow.conclude, who.tenant, who.key_id, subjects, matched, threshold,
+                           lists=lists, route=route, auditor=records, writes=writes)  # fmt: skip
+        # Concluding is bookkeeping proportional to the subjects: a few on the event loop,
+        # a batch in a thread.
+        return conclude() if len(subjects) <= INLINE_SUBJECTS else await asyncio.to_thread(conclude)
 
     async def lists(self) -> list[dict[str, Any]]:
         """Status of every active list, and what the server's index holds."""
         rows = await asyncio.to_thread(self.workflow.store.status)
-        loaded = self.workflow.screener.index.versions
+        loaded = (await self.matcher.versions() if self.matcher is not None
+                  else self.workflow.screener.index.versions)  # fmt: skip
         # The file name only: where the server keeps its files is not the caller's business.
         return [{**r.to_dict(), "source": PurePath(r.source).name,
                  "loaded": loaded.get(r.name, (None, 0))[0] == r.version}
@@ -126,7 +158,7 @@ class KycService:
     async def set_threshold(self, who: Principal, req: kp.ThresholdRequest) -> str:
         """Set the threshold of a tenant the caller manages, record it; the tenant's id."""
         tenant = await self.core.managed_tenant(who, req.tenant)
-        await asyncio.to_thread(self.workflow.store.set_threshold, tenant, req.threshold)
+        await asyncio.to_thread(self.workflow.set_threshold, tenant, req.threshold)
         await asyncio.to_thread(self.core.auditor.append, "admin", tenant=tenant,
                                 key_id=who.key_id, subject=None,
                                 data={"action": "kyc_threshold", "threshold": req.threshold})
@@ -147,15 +179,14 @@ class KycService:
 
 
 class _Deferred:
-    """An auditor that keeps the records for the platform to write (``audit_event``)."""
+    """An auditor that keeps the records for the platform to write with the call."""
 
     def __init__(self) -> None:
-        self.records: list[tuple[str, dict[str, Any]]] = []
+        self.events: list[AuditEvent] = []
 
     def append(self, kind: str, *, tenant: str | None = None, key_id: str | None = None,
                subject: str | None = None, data: Mapping[str, Any],
                content: Mapping[str, Any] | None = None) -> None:  # fmt: skip
         if content is not None:
             raise ValueError("a deferred audit record carries no content")
-        self.records.append((kind, {"tenant": tenant, "key_id": key_id, "subject": subject,
-                                    "data": data}))  # fmt: skip
+        self.events.append(AuditEvent(kind, tenant, key_id, subject, data))

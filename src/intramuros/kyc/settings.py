@@ -25,6 +25,12 @@ class KycSettings(BaseModel):
         description="KYC: how often (seconds) the server checks for re-imported lists and "
         "swaps in the new index; 0 checks before every screening.",
     )
+    kyc_matcher_processes: int = Field(
+        default=1, ge=0, le=32,
+        description="KYC: processes that match names for the server, each with its own copy "
+        "of the lists' index, so that matching runs beside the server rather than in its "
+        "threads; 0 matches in the server's own threads.",
+    )
     kyc_summary_model: str = Field(
         default="smollm2-135m-instruct",
         description="KYC: chat model that drafts case summaries (marked machine-drafted).",

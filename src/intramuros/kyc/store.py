@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from intramuros.kyc.importers import ImportResult
 from intramuros.kyc.model import Entity
@@ -159,17 +160,8 @@ class KycStore:
 
     def save_customers(self, tenant: str, customers: dict[str, dict[str, Any]]) -> None:
         """Keep screened customers (by id) for re-screening after list updates."""
-        c = kyc_customers.c
-        now = time.time()
-        items = list(customers.items())
         with self.db.begin() as conn:
-            for start in range(0, len(items), _CHUNK):
-                chunk = items[start:start + _CHUNK]
-                conn.execute(kyc_customers.delete().where(
-                    (c.tenant == tenant) & c.customer_id.in_([cid for cid, _d in chunk])))
-                conn.execute(kyc_customers.insert(), [
-                    {"tenant": tenant, "customer_id": cid, "updated_at": now,
-                     "subject": json.dumps(data, ensure_ascii=False)} for cid, data in chunk])
+            write_customers(conn, tenant, customers)
 
     def customers(self, tenant: str) -> list[tuple[str, dict[str, Any]]]:
         """(customer id, subject) of every stored customer of a tenant."""
@@ -190,16 +182,36 @@ class KycStore:
     def record_hits(self, tenant: str,
                     hits: list[tuple[str, str, str, str, str | None]]) -> None:  # fmt: skip
         """Remember (customer, list, source id, digest, case id) hits, replacing older digests."""
-        h = kyc_hits.c
-        now = time.time()
         with self.db.begin() as conn:
-            for customer, list_name, source_id, digest, case_id in hits:
-                conn.execute(kyc_hits.delete().where(
-                    (h.tenant == tenant) & (h.customer_id == customer)
-                    & (h.list_name == list_name) & (h.source_id == source_id)))
-                conn.execute(kyc_hits.insert().values(
-                    tenant=tenant, customer_id=customer, list_name=list_name,
-                    source_id=source_id, digest=digest, case_id=case_id, seen_at=now))
+            write_hits(conn, tenant, hits)
+
+
+def write_customers(conn: Connection, tenant: str, customers: dict[str, dict[str, Any]]) -> None:
+    """:meth:`KycStore.save_customers` on the caller's transaction."""
+    c = kyc_customers.c
+    now = time.time()
+    items = list(customers.items())
+    for start in range(0, len(items), _CHUNK):
+        chunk = items[start:start + _CHUNK]
+        conn.execute(kyc_customers.delete().where(
+            (c.tenant == tenant) & c.customer_id.in_([cid for cid, _d in chunk])))
+        conn.execute(kyc_customers.insert(), [
+            {"tenant": tenant, "customer_id": cid, "updated_at": now,
+             "subject": json.dumps(data, ensure_ascii=False)} for cid, data in chunk])
+
+
+def write_hits(conn: Connection, tenant: str,
+               hits: list[tuple[str, str, str, str, str | None]]) -> None:  # fmt: skip
+    """:meth:`KycStore.record_hits` on the caller's transaction."""
+    h = kyc_hits.c
+    now = time.time()
+    for customer, list_name, source_id, digest, case_id in hits:
+        conn.execute(kyc_hits.delete().where(
+            (h.tenant == tenant) & (h.customer_id == customer)
+            & (h.list_name == list_name) & (h.source_id == source_id)))
+        conn.execute(kyc_hits.insert().values(
+            tenant=tenant, customer_id=customer, list_name=list_name,
+            source_id=source_id, digest=digest, case_id=case_id, seen_at=now))
 
 
 def purge_tenant(ctx: TenantPurge, tenant: str) -> dict[str, int]:

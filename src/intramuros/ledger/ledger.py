@@ -26,21 +26,30 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from intramuros.errors import InvalidRequest, NotFound
+from intramuros.ledger.append import (
+    MAX_NAME,
+    Appending,
+    check_name,
+    insert_records,
+    next_record,
+    prepare,
+    refuse_keyless,
+    require_keys,
+    to_json,
+)
 from intramuros.ledger.chain import (
     GENESIS_HASH,
     Checkpoint,
     VerifyReport,
-    body_hash,
     canonical_json,
-    record_hash,
     walk_chain,
 )
-from intramuros.ledger.crypto import LedgerKeyMissing, LedgerKeys, content_aad
-from intramuros.ledger.errors import LedgerIntegrityError, LedgerKeyRequired
+from intramuros.ledger.crypto import LedgerKeys, content_aad
+from intramuros.ledger.errors import LedgerIntegrityError
 from intramuros.ledger.export import export_ledger
 from intramuros.ledger.rows import DbSource, LedgerEntry, entry_from_row, head_row
 from intramuros.ledger.signing import PublicKeys, checkpoint_message, checkpoint_problem
-from intramuros.ledger.storage import locked, scrub
+from intramuros.ledger.storage import locked, locked_on, scrub
 from intramuros.ledger.tables import ledger_content, ledger_records
 from intramuros.ledger.verifier import ChainVerifier
 from intramuros.store.db import Database
@@ -49,9 +58,6 @@ from intramuros.store.db import Database
 # retention: bounds how long appends wait on the lock, how big one tombstone
 # grows, and stays under SQLite's bound-parameter limit.
 SHRED_BATCH = 500
-_MAX_NAME = 200
-_INSERT_RECORD = ledger_records.insert()
-_INSERT_CONTENT = ledger_content.insert()
 
 
 class Ledger:
@@ -100,41 +106,25 @@ class Ledger:
             LedgerKeyMissing: content was given but no key is configured.
             LedgerKeyRequired: no key is loaded, and the chain is keyed.
         """
-        prepared = self._prepare(kind, tenant, key_id, subject, data, content)
+        prepared = prepare(self.keys, kind, tenant, key_id, subject, data, content)
         with locked(self.db) as conn:
             return self._append_locked(conn, *prepared)
 
     @contextmanager
-    def appending(self) -> Iterator[Appending]:
+    def appending(self, conn: Connection | None = None) -> Iterator[Appending]:
         """One write transaction for several appends, and the caller's own writes.
 
         Group commit: the appends (and whatever the caller writes on
         ``Appending.conn``) hold the append lock together and commit together,
         or not at all (an exception rolls everything back). Used by the call
-        recorder, which writes a burst of calls' records at once.
+        recorder, which writes a burst of calls' records at once, on a
+        connection of its own (``conn``, from :func:`writer_connection`);
+        without one, a connection of the pool's.
         """
-        with locked(self.db) as conn:
-            yield Appending(self, conn)
-
-    def _prepare(
-        self,
-        kind: str,
-        tenant: str | None,
-        key_id: str | None,
-        subject: str | None,
-        data: Mapping[str, Any],
-        content: Mapping[str, Any] | None,
-    ) -> tuple[str, str | None, str | None, str | None, str, bytes | None]:
-        """Check and serialise one append's fields, before the lock is taken."""
-        _check_name(kind, "kind", nullable=False, limit=50)
-        for name, value in (("tenant", tenant), ("key_id", key_id), ("subject", subject)):
-            _check_name(value, name, nullable=True, limit=_MAX_NAME)
-        data_json = _to_json(data, "data")
-        plaintext: bytes | None = None
-        if content is not None:
-            self._require_keys("store ledger content")  # fail before taking the lock
-            plaintext = _to_json(content, "content").encode("utf-8")
-        return kind, tenant, key_id, subject, data_json, plaintext
+        with locked(self.db) if conn is None else locked_on(conn) as held:
+            tx = Appending(self.keys, held)
+            yield tx
+            tx.flush()
 
     def erase_subject(self, tenant: str, subject: str, *, actor: str) -> int:
         """Delete every stored content of ``subject`` in ``tenant`` (right to erasure).
@@ -145,8 +135,8 @@ class Ledger:
         verifies. Then scrubs the database file (see :meth:`_scrub`).
         Returns the number of content rows deleted.
         """
-        _check_name(tenant, "tenant", nullable=False, limit=_MAX_NAME)
-        _check_name(subject, "subject", nullable=False, limit=_MAX_NAME)
+        check_name(tenant, "tenant", nullable=False, limit=MAX_NAME)
+        check_name(subject, "subject", nullable=False, limit=MAX_NAME)
         where = sa.and_(ledger_records.c.tenant == tenant, ledger_records.c.subject == subject)
         return self._shred("erasure", tenant, subject, where, actor, {})
 
@@ -156,7 +146,7 @@ class Ledger:
         Retention's counterpart of :meth:`erase_subject`, with a ``purge``
         tombstone naming the cut-off. Returns the number of content rows deleted.
         """
-        _check_name(tenant, "tenant", nullable=False, limit=_MAX_NAME)
+        check_name(tenant, "tenant", nullable=False, limit=MAX_NAME)
         cutoff = float(older_than_ts)
         where = sa.and_(ledger_records.c.tenant == tenant, ledger_records.c.ts < cutoff)
         return self._shred("purge", tenant, None, where, actor, {"older_than": cutoff})
@@ -168,7 +158,7 @@ class Ledger:
         the tenant's history can still be audited; ``tenant_erasure``
         tombstones name every content row deleted. Returns their number.
         """
-        _check_name(tenant, "tenant", nullable=False, limit=_MAX_NAME)
+        check_name(tenant, "tenant", nullable=False, limit=MAX_NAME)
         where = ledger_records.c.tenant == tenant
         return self._shred("tenant_erasure", tenant, None, where, actor, {})
 
@@ -183,7 +173,7 @@ class Ledger:
         """
         if self.keys is None:
             with self.db.begin() as conn:
-                _refuse_keyless(head_row(conn))
+                refuse_keyless(head_row(conn))
 
     # -- reading -------------------------------------------------------------
 
@@ -214,7 +204,7 @@ class Ledger:
             raise NotFound(f"Ledger record {seq} does not exist.")
         if row.key_version is None:
             return None
-        keys = self._require_keys("read ledger content")
+        keys = require_keys(self.keys, "read ledger content")
         plaintext = keys.decrypt(
             row.key_version, bytes(row.nonce), bytes(row.ciphertext), content_aad(seq, row.tenant)
         )
@@ -242,8 +232,8 @@ class Ledger:
             raise NotFound(f"Ledger record {seq} does not exist.")
         if digest[0] is None:
             return False
-        keys = self._require_keys("check ledger content")
-        return keys.digest_matches(_to_json(content, "content").encode("utf-8"), digest[0])
+        keys = require_keys(self.keys, "check ledger content")
+        return keys.digest_matches(to_json(content, "content").encode("utf-8"), digest[0])
 
     def records(
         self,
@@ -317,7 +307,7 @@ class Ledger:
         Raises:
             LedgerKeyMissing: no key is configured.
         """
-        return self._require_keys("derive the ledger's public keys").public_keys()
+        return require_keys(self.keys, "derive the ledger's public keys").public_keys()
 
     # -- verifying and exporting ---------------------------------------------
 
@@ -389,15 +379,6 @@ class Ledger:
 
     # -- internals -----------------------------------------------------------
 
-    def _require_keys(self, action: str) -> LedgerKeys:
-        if self.keys is None:
-            raise LedgerKeyMissing(
-                f"Cannot {action}: no ledger key is configured. Create a key file with "
-                "`intramuros ledger keygen` and pass it with --ledger-key-file (setting "
-                "ledger_key_file), or set INTRAMUROS_LEDGER_KEY (base64 of 32 bytes)."
-            )
-        return self.keys
-
     def _append_locked(
         self,
         conn: Connection,
@@ -408,58 +389,10 @@ class Ledger:
         data_json: str,
         plaintext: bytes | None,
     ) -> LedgerEntry:
-        head = head_row(conn)
-        if self.keys is None:
-            _refuse_keyless(head)
-        seq = int(head.seq) + 1 if head else 1
-        prev = str(head.hash) if head else GENESIS_HASH
-        encrypted: tuple[str, bytes, bytes] | None = None
-        digest: str | None = None
-        if plaintext is not None:
-            keys = self._require_keys("store ledger content")
-            encrypted = keys.encrypt(plaintext, content_aad(seq, tenant))
-            digest = keys.digest(plaintext, encrypted[0])
-        # Taken under the lock, so ts follows seq unless the clock steps back.
-        ts = time.time()
-        fields = {
-            "seq": seq,
-            "ts": ts,
-            "kind": kind,
-            "tenant": tenant,
-            "key_id": key_id,
-            "subject": subject,
-            "data": data_json,
-            "content_digest": digest,
-        }
-        hash_ = record_hash(prev, body_hash(fields))
-        mac_version, mac = self.keys.record_mac(hash_) if self.keys is not None else (None, None)
-        # Parameters apart from the statement: it is compiled once and cached,
-        # which keeps this hot path (every model call) cheap.
-        conn.execute(
-            _INSERT_RECORD,
-            {**fields, "prev_hash": prev, "hash": hash_, "mac_version": mac_version, "mac": mac},
-        )
-        if encrypted is not None:
-            version, nonce, ciphertext = encrypted
-            conn.execute(
-                _INSERT_CONTENT,
-                {"seq": seq, "key_version": version, "nonce": nonce, "ciphertext": ciphertext},
-            )
-        return LedgerEntry(
-            seq=seq,
-            ts=ts,
-            kind=kind,
-            tenant=tenant,
-            key_id=key_id,
-            subject=subject,
-            data_json=data_json,
-            content_digest=digest,
-            prev_hash=prev,
-            hash=hash_,
-            has_content=encrypted is not None,
-            mac_version=mac_version,
-            mac=mac,
-        )
+        entry, record, content = next_record(self.keys, head_row(conn), kind, tenant, key_id,
+                                             subject, data_json, plaintext)  # fmt: skip
+        insert_records(conn, [record], [] if content is None else [content])
+        return entry
 
     def _shred(
         self,
@@ -471,7 +404,7 @@ class Ledger:
         extra: dict[str, Any],
     ) -> int:
         """Delete matching content rows in batches, one tombstone per batch; then scrub."""
-        _check_name(actor, "actor", nullable=False, limit=_MAX_NAME)
+        check_name(actor, "actor", nullable=False, limit=MAX_NAME)
         select_seqs = (
             sa.select(ledger_content.c.seq)
             .join(ledger_records, ledger_records.c.seq == ledger_content.c.seq)
@@ -536,36 +469,6 @@ class Ledger:
             return head_row(conn)
 
 
-def _check_name(value: Any, param: str, *, nullable: bool, limit: int) -> None:
-    if value is None and nullable:
-        return
-    if not isinstance(value, str) or not value or len(value) > limit:
-        raise InvalidRequest(
-            f"{param} must be a non-empty string of at most {limit} characters.", param=param
-        )
-
-
-def _to_json(value: Any, param: str) -> str:
-    if not isinstance(value, Mapping):
-        raise InvalidRequest(f"{param} must be a JSON object.", param=param)
-    try:
-        text = canonical_json(dict(value))
-        text.encode("utf-8")  # unpaired surrogates would fail later, mid-transaction
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequest(f"{param} is not JSON-serialisable: {exc}", param=param) from None
-    return text
-
-
-def _refuse_keyless(head: Any) -> None:
-    if head is not None and head.mac_version is not None:
-        raise LedgerKeyRequired(
-            f"The ledger's records are authenticated with the ledger key (record {head.seq}, "
-            f"key version {head.mac_version!r}), and no key is loaded: new records would not "
-            "be. Configure the key with --ledger-key-file (setting ledger_key_file, env "
-            "INTRAMUROS_LEDGER_KEY_FILE) or INTRAMUROS_LEDGER_KEY."
-        )
-
-
 def _head_problem(keys: LedgerKeys, head: Any) -> str | None:
     if not keys.has(head.mac_version):
         return f"has a MAC under key version {head.mac_version!r}, which is not loaded."
@@ -574,26 +477,3 @@ def _head_problem(keys: LedgerKeys, head: Any) -> str | None:
     ):
         return "has a MAC that does not verify: it was written without the ledger key."
     return None
-
-
-class Appending:
-    """Appends inside one transaction of the ledger (:meth:`Ledger.appending`)."""
-
-    def __init__(self, ledger: Ledger, conn: Connection) -> None:
-        self.ledger = ledger
-        # The transaction's connection: the caller's own writes on it commit with the appends.
-        self.conn = conn
-
-    def append(
-        self,
-        kind: str,
-        *,
-        tenant: str | None = None,
-        key_id: str | None = None,
-        subject: str | None = None,
-        data: Mapping[str, Any],
-        content: Mapping[str, Any] | None = None,
-    ) -> LedgerEntry:
-        """As :meth:`Ledger.append`, in this transaction (visible to the next append in it)."""
-        prepared = self.ledger._prepare(kind, tenant, key_id, subject, data, content)
-        return self.ledger._append_locked(self.conn, *prepared)

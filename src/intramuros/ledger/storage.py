@@ -62,6 +62,41 @@ def locked(db: Database, *, secure_delete: bool = False) -> Iterator[Connection]
         raise ServerError(f"Ledger database error: {type(exc).__name__}") from exc
 
 
+def writer_connection(db: Database) -> Connection:
+    """A connection for one writer to keep and pass to :func:`locked_on` (close it when
+    done, or after an error). On SQLite it is in autocommit mode at the driver, so that
+    ``locked_on`` can issue ``BEGIN IMMEDIATE`` itself."""
+    try:
+        conn = db.engine.connect()
+        if db.engine.dialect.name == "sqlite":
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+        return conn
+    except SQLAlchemyError as exc:
+        raise ServerError(f"Ledger database error: {type(exc).__name__}") from exc
+
+
+@contextmanager
+def locked_on(conn: Connection) -> Iterator[Connection]:
+    """As :func:`locked`, on a connection from :func:`writer_connection`: no connection
+    is taken from the pool or set up for each transaction."""
+    try:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                with contextlib.suppress(SQLAlchemyError):
+                    conn.exec_driver_sql("ROLLBACK")
+                raise
+            conn.exec_driver_sql("COMMIT")
+        else:
+            with conn.begin():
+                conn.execute(sa.text("LOCK TABLE ledger_records IN SHARE ROW EXCLUSIVE MODE"))
+                yield conn
+    except SQLAlchemyError as exc:
+        raise ServerError(f"Ledger database error: {type(exc).__name__}") from exc
+
+
 def scrub(db: Database, erased: int, *, pg_vacuum_full: bool) -> None:
     """Rewrite the database so that deleted ciphertext leaves its files on disk.
 

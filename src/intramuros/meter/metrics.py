@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -10,6 +12,13 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from intramuros.engines.base import EngineStat
+
+# What the loaded engines export: (model, its stats) for each.
+EngineStats = Callable[[], Iterable[tuple[str, list[EngineStat]]]]
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -99,6 +108,33 @@ class Metrics:
             "intramuros_models_loaded", "Models loaded now.", registry=self.registry
         )
 
+    def export_engines(self, source: EngineStats) -> None:
+        """Export the loaded engines' own stats (``Engine.stats``), read at each scrape."""
+        self.registry.register(_EngineCollector(source))
+
     def render(self) -> bytes:
         """The Prometheus text exposition."""
         return bytes(generate_latest(self.registry))
+
+
+class _EngineCollector(Collector):
+    """``intramuros_engine_<name>{model=...}`` from each loaded engine's stats."""
+
+    def __init__(self, source: EngineStats) -> None:
+        self.source = source
+
+    def describe(self) -> list[Metric]:
+        return []  # read at each scrape: the loaded models change
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
+        for model, stats in self.source():
+            for stat in stats:
+                family = families.get(stat.name)
+                if family is None:
+                    kind = CounterMetricFamily if stat.kind == "counter" else GaugeMetricFamily
+                    family = kind(f"intramuros_engine_{stat.name}", stat.help,
+                                  labels=["model", *(k for k, _ in stat.labels)])  # fmt: skip
+                    families[stat.name] = family
+                family.add_metric([model, *(v for _, v in stat.labels)], stat.value)
+        yield from families.values()

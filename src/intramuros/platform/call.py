@@ -22,12 +22,15 @@ class CallMeter:
     first_token: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
     status: int = 200
     error_code: str | None = None
     weights_sha256: str | None = None
     request_id: str = field(default_factory=lambda: secrets.token_hex(12))
     tenant: str | None = None
     key_id: str | None = None
+    # The quota scopes (kind, id) its tokens are charged to when it ends (set at admission).
+    charge_scopes: list[tuple[str, str]] = field(default_factory=list)
     subject: str | None = None
     pii: PiiDecision | None = None
     # Only filled when the tenant keeps content (then redacted before it is written).

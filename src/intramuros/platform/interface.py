@@ -16,8 +16,9 @@ to it (they annotate ``Platform``, not the service).
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry
@@ -33,6 +34,17 @@ from intramuros.settings import Settings
 
 T = TypeVar("T")
 S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """An audit record to append (see :meth:`Platform.end_call`)."""
+
+    kind: str
+    tenant: str | None
+    key_id: str | None
+    subject: str | None
+    data: Mapping[str, Any]
 
 
 class UnitOfWork(Protocol):
@@ -134,8 +146,23 @@ class Platform(Protocol):
         """Admit a call: model allowed, quotas left; its meter runs from now."""
         ...
 
-    async def end_call(self, meter: CallMeter, exc: BaseException | None = None) -> None:
-        """Record the call (request log, usage, metering, ledger) before returning."""
+    async def end_call(
+        self,
+        meter: CallMeter,
+        exc: BaseException | None = None,
+        *,
+        events: Sequence[AuditEvent] = (),
+        writes: Sequence[Callable[[Connection], object]] = (),
+    ) -> bool:
+        """Record the call (request log, usage, metering, ledger) before returning.
+
+        ``events`` (audit records) and ``writes`` (the workload's own rows,
+        each a function of the transaction's connection) are written in the
+        same transaction as the call's records, ahead of them: all of it is
+        committed, or none. True once committed; False if it could not be
+        written (logged and counted; a workload that must not answer without
+        its record checks this).
+        """
         ...
 
     async def record_open(self, meter: CallMeter) -> None:

@@ -291,12 +291,19 @@ class Metering(Wire):
     routing: dict[str, Any] | None = None
 
 
+class PromptTokensDetails(Wire):
+    """``usage.prompt_tokens_details``: of the prompt, how much came from the prefix cache."""
+
+    cached_tokens: int = 0
+
+
 class UsageOut(Metering):
     """Token counts, then the call's metering (see ``Metering``)."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class ChatCompletionResponse(Wire):

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from intramuros.engines.base import Delta, Engine
 from intramuros.errors import ContextLengthExceeded, NotFound, PermissionDenied
 from intramuros.gate import privacy
-from intramuros.gate.policy import TenantPolicy
+from intramuros.gate.policy import Limits, TenantPolicy
 from intramuros.gate.privacy import PiiDecision
 from intramuros.gate.quotas import Quotas
 from intramuros.gate.request_texts import RequestTexts
@@ -58,16 +58,33 @@ class Admission:
             raise PermissionDenied(
                 f"This API key may not use model '{meter.model}'.", param="model"
             )
-        # One hop off the event loop for both database reads, not two.
-        return await asyncio.to_thread(self._policy_and_quota, who)
+        cached = self.tenants.cached_policy(who.tenant)
+        if cached is not None:
+            scopes = self._scopes(who, cached)
+            if not self.quotas.reads_database(scopes):
+                # Nothing to read: the per-minute windows are in memory.
+                self.quotas.admit(scopes)
+                meter.charge_scopes = self.quotas.charged_scopes(scopes)
+                return cached
+        # One hop off the event loop for the database reads, not two.
+        policy, scopes = await asyncio.to_thread(self._policy_and_quota, who)
+        meter.charge_scopes = self.quotas.charged_scopes(scopes)
+        return policy
 
-    def _policy_and_quota(self, who: Principal) -> TenantPolicy:
-        policy = self.policy_of(who.tenant)
+    @staticmethod
+    def _scopes(who: Principal, policy: TenantPolicy) -> list[tuple[str, str, Limits]]:
         scopes = [("tenant", who.tenant, policy.limits)]
         if who.key_id is not None:
             scopes.append(("key", who.key_id, who.limits))
+        return scopes
+
+    def _policy_and_quota(
+        self, who: Principal
+    ) -> tuple[TenantPolicy, list[tuple[str, str, Limits]]]:
+        policy = self.policy_of(who.tenant)
+        scopes = self._scopes(who, policy)
         self.quotas.admit(scopes)
-        return policy
+        return policy, scopes
 
     async def privacy(
         self,

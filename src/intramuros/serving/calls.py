@@ -47,6 +47,8 @@ def usage_of(meter: CallMeter) -> p.UsageOut:
     return p.UsageOut(prompt_tokens=meter.prompt_tokens,
                       completion_tokens=meter.completion_tokens,
                       total_tokens=meter.prompt_tokens + meter.completion_tokens,
+                      prompt_tokens_details=p.PromptTokensDetails(
+                          cached_tokens=meter.cached_tokens),
                       **metering_of(meter).model_dump(exclude_none=True))  # fmt: skip
 
 

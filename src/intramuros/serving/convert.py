@@ -180,6 +180,7 @@ def chat_params(req: p.ChatCompletionRequest, record: ModelRecord) -> ChatParams
         tools=tuple(tools),
         tool_choice=choice,
         response_format=_response_format(req.response_format, record),
+        whole=not req.stream,
     )
 
 
@@ -225,6 +226,7 @@ def completion_params(
         echo=req.echo,
         suffix=req.suffix,
         response_format=_response_format(req.response_format, record),
+        whole=not req.stream,
     )
 
 

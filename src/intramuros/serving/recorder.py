@@ -32,19 +32,23 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sqlalchemy.engine import Connection
+
 from intramuros.errors import ClientError, IntramurosError
-from intramuros.gate.quotas import Quotas, record_usage
+from intramuros.gate.quotas import Quotas, record_quota_tokens, record_usage
 from intramuros.ledger import Ledger
-from intramuros.ledger.ledger import Appending
+from intramuros.ledger.append import Appending
+from intramuros.ledger.storage import writer_connection
 from intramuros.meter.energy import EnergyMeter
 from intramuros.meter.metrics import Metrics
 from intramuros.meter.price import PriceModel
 from intramuros.meter.tables import record_metering
 from intramuros.platform.call import CallMeter
+from intramuros.platform.interface import AuditEvent
 from intramuros.serving.calls import metering_of
 from intramuros.store.db import request_log
 
@@ -73,6 +77,9 @@ class _Job:
     exc: BaseException | None = None
     # An audit event's ledger fields (kind "event").
     event: dict[str, Any] | None = None
+    # A closing call's workload records, written ahead of it in its transaction.
+    events: tuple[AuditEvent, ...] = ()
+    writes: tuple[Callable[[Connection], object], ...] = ()
     # Set by the writer once the job is committed.
     written: bool = False
     # Set (from the writer thread) once written; called with nothing.
@@ -97,16 +104,29 @@ class CallRecorder:
         # Transactions committed, and jobs in them (for tests and the benchmark).
         self.commits = 0
         self.committed_jobs = 0
+        # The writer thread's own connection (opened on first use, again after an error).
+        self._conn: Connection | None = None
 
     # -- the caller's side (event loop) ------------------------------------------
 
-    async def finish(self, meter: CallMeter, exc: BaseException | None = None) -> None:
+    async def finish(
+        self,
+        meter: CallMeter,
+        exc: BaseException | None = None,
+        *,
+        events: Sequence[AuditEvent] = (),
+        writes: Sequence[Callable[[Connection], object]] = (),
+    ) -> bool:
         """Record the call (metrics, request log, usage, ledger); return once committed.
 
+        ``events`` and ``writes`` (a workload's audit records and rows) go in
+        the same transaction, ahead of the call's records. True if committed.
         A caller cancelled while waiting (the client went away) does not stop
         the writing: the job is already with the writer.
         """
-        await self._submit(_Job("close", meter, exc))
+        job = _Job("close", meter, exc, events=tuple(events), writes=tuple(writes))
+        await self._submit(job)
+        return job.written
 
     async def open(self, meter: CallMeter) -> None:
         """Put the opening of a streamed call on record, once, before its first byte."""
@@ -191,34 +211,34 @@ class CallRecorder:
         if meter.queued_until is not None:
             m.queue_wait.labels(meter.model).observe(meter.queued_until - meter.started)
         if meter.tenant is not None and meter.status < 400:
-            # The per-minute windows are in memory: charged now, not at the commit, so
-            # that the next call of the same key sees them.
-            scopes = [("tenant", meter.tenant)]
-            if meter.key_id is not None:
-                scopes.append(("key", meter.key_id))
-            self.quotas.charge(scopes, meter.prompt_tokens + meter.completion_tokens)
+            # Per-minute windows in memory are charged now, not at the commit, so that
+            # the next call of the same key sees them; shared ones with the record.
+            self.quotas.charge(meter.charge_scopes, meter.prompt_tokens + meter.completion_tokens)
 
     # -- the writer thread -------------------------------------------------------------
 
     def _run(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            burst = [job]
-            stop = False
-            while len(burst) < MAX_BURST:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                burst.append(more)
-            self._write_burst(burst)
-            if stop:
-                return
+        try:
+            while True:
+                job = self._queue.get()
+                if job is None:
+                    return
+                burst = [job]
+                stop = False
+                while len(burst) < MAX_BURST:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stop = True
+                        break
+                    burst.append(more)
+                self._write_burst(burst)
+                if stop:
+                    return
+        finally:
+            self._drop_connection()
 
     def _write_burst(self, burst: list[_Job]) -> None:
         try:
@@ -242,9 +262,13 @@ class CallRecorder:
         """Write ``burst`` in one transaction; False if it failed ``tries`` times."""
         for attempt in range(tries):
             try:
-                with self.ledger.appending() as tx:
+                if self._conn is None:
+                    self._conn = writer_connection(self.ledger.db)
+                with self.ledger.appending(self._conn) as tx:
+                    totals = _Totals()
                     for job in burst:
-                        self._write(tx, job)
+                        self._write(tx, job, totals)
+                    totals.write(tx.conn)
                 for job in burst:
                     job.written = True
                 self.commits += 1
@@ -258,11 +282,19 @@ class CallRecorder:
             except Exception as exc:  # the writer must outlive any one record
                 log.exception("writing %d call record(s) failed", len(burst))
                 problem = type(exc).__name__
+            # The connection may be what failed (the database restarted): a new one next time.
+            self._drop_connection()
             log.warning("writing %d call record(s) failed (try %d of %d): %s", len(burst),
                         attempt + 1, tries, problem)  # fmt: skip
             if attempt + 1 < tries:
                 time.sleep(RETRY_PAUSE * (attempt + 1))
         return False
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def _lost(self, job: _Job) -> None:
         # A call whose record cannot be written is still answered; the failure is loud in
@@ -271,12 +303,16 @@ class CallRecorder:
         what = job.meter.request_id if job.meter is not None else (job.event or {}).get("kind")
         log.error("could not record the %s of %s", job.kind, what)
 
-    def _write(self, tx: Appending, job: _Job) -> None:
+    def _write(self, tx: Appending, job: _Job, totals: _Totals) -> None:
         if job.event is not None:
             tx.append(**job.event)
             return
         meter = job.meter
         assert meter is not None
+        for write in job.writes:
+            write(tx.conn)
+        for e in job.events:
+            tx.append(e.kind, tenant=e.tenant, key_id=e.key_id, subject=e.subject, data=e.data)
         if job.kind == "open":
             opening = {"request_id": meter.request_id, "route": meter.route,
                        "model": meter.model, "weights_sha256": meter.weights_sha256,
@@ -290,7 +326,7 @@ class CallRecorder:
         now = job.now
         energy = meter.energy
         wall = time.time()
-        tx.conn.execute(_LOG_INSERT, dict(
+        totals.logs.append(dict(
             request_id=meter.request_id, ts=wall, route=meter.route,
             model=meter.model, status=meter.status, error_code=meter.error_code,
             prompt_tokens=meter.prompt_tokens, completion_tokens=meter.completion_tokens,
@@ -303,13 +339,10 @@ class CallRecorder:
             co2e_grams=meter.co2e_grams,
         ))  # fmt: skip
         if meter.tenant is not None and meter.status < 400:
-            record_usage(tx.conn, tenant=meter.tenant, key_id=meter.key_id or "-",
-                         model=meter.model, prompt=meter.prompt_tokens,
-                         completion=meter.completion_tokens, now=wall)  # fmt: skip
-            record_metering(tx.conn, tenant=meter.tenant, key_id=meter.key_id or "-",
-                            model=meter.model, now=wall, cpu_seconds=energy.cpu_seconds,
-                            energy_joules=energy.joules, cost_eur=meter.cost_eur,
-                            co2e_grams=meter.co2e_grams)  # fmt: skip
+            totals.add(meter, wall)
+            if self.quotas.shared:
+                record_quota_tokens(tx.conn, meter.charge_scopes,
+                                    meter.prompt_tokens + meter.completion_tokens, wall)
         data: dict[str, Any] = {
             "request_id": meter.request_id, "route": meter.route, "model": meter.model,
             "weights_sha256": meter.weights_sha256, "status": meter.status,
@@ -333,6 +366,38 @@ class CallRecorder:
             }
         tx.append("model_call", tenant=meter.tenant, key_id=meter.key_id,
                   subject=meter.subject, data=data, content=content)  # fmt: skip
+
+
+class _Totals:
+    """A burst's request-log rows and its daily usage and metering, summed per tenant, key,
+    model and day: one statement per table and day's key, not one per call."""
+
+    def __init__(self) -> None:
+        self.logs: list[dict[str, Any]] = []
+        # (tenant, key, model, day's timestamp) -> [calls, prompt, completion, cpu s, J, EUR, g]
+        self.sums: dict[tuple[str, str, str, str], list[float]] = {}
+
+    def add(self, meter: CallMeter, wall: float) -> None:
+        assert meter.tenant is not None
+        day = time.strftime("%Y-%m-%d", time.gmtime(wall))
+        key = (meter.tenant, meter.key_id or "-", meter.model, day)
+        sums = self.sums.setdefault(key, [0, 0, 0, 0.0, 0.0, 0.0, 0.0, wall])
+        energy = meter.energy
+        for i, value in enumerate((1, meter.prompt_tokens, meter.completion_tokens,
+                                   energy.cpu_seconds, energy.joules, meter.cost_eur,
+                                   meter.co2e_grams)):  # fmt: skip
+            sums[i] += value
+
+    def write(self, conn: Connection) -> None:
+        if self.logs:
+            conn.execute(_LOG_INSERT, self.logs)
+        for (tenant, key_id, model, _day), s in self.sums.items():
+            wall = s[7]
+            record_usage(conn, tenant=tenant, key_id=key_id, model=model, prompt=int(s[1]),
+                         completion=int(s[2]), now=wall, requests=int(s[0]))  # fmt: skip
+            record_metering(conn, tenant=tenant, key_id=key_id, model=model, now=wall,
+                            cpu_seconds=s[3], energy_joules=s[4], cost_eur=s[5],
+                            co2e_grams=s[6])  # fmt: skip
 
 
 def _resolve(written: asyncio.Future[None]) -> None:

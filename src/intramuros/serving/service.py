@@ -16,11 +16,12 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import PurePath
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
+from sqlalchemy.engine import Connection
 
 from intramuros.catalog.catalog import Catalog
 from intramuros.catalog.records import ModelRecord
@@ -36,7 +37,7 @@ from intramuros.meter.energy import EnergyMeter, open_sources
 from intramuros.meter.metrics import Metrics
 from intramuros.meter.price import PriceModel
 from intramuros.platform.call import CallMeter
-from intramuros.platform.interface import Auditor, UnitOfWork
+from intramuros.platform.interface import AuditEvent, Auditor, UnitOfWork
 from intramuros.protocol import openai as p
 from intramuros.serving.admission import Admission
 from intramuros.serving.chat import ChatService
@@ -64,9 +65,9 @@ class InferenceService:
         self.catalog = Catalog(self.db, settings)
         self.metrics = Metrics()
         self.pool = ModelPool(self.catalog, settings, self.metrics)
-        self.tenants = Tenants(self.db)
+        self.tenants = Tenants(self.db, settings.key_cache_seconds)
         self.ledger = Ledger(self.db, LedgerKeys.load(settings.ledger_key_file))
-        self.quotas = Quotas(self.db)
+        self.quotas = Quotas(self.db, shared=settings.shared_quotas())
         self.key_watch = KeyWatch(self.tenants)
         self.energy = _energy_meter(settings)
         self.prices = PriceModel.from_settings(settings)
@@ -236,9 +237,17 @@ class InferenceService:
         meter.queued_until = time.perf_counter()
         return meter, policy
 
-    async def end_call(self, meter: CallMeter, exc: BaseException | None = None) -> None:
-        """Close a call opened with ``begin_call``; its records are written by return."""
-        await self.recorder.finish(meter, exc)
+    async def end_call(
+        self,
+        meter: CallMeter,
+        exc: BaseException | None = None,
+        *,
+        events: Sequence[AuditEvent] = (),
+        writes: Sequence[Callable[[Connection], object]] = (),
+    ) -> bool:
+        """Close a call opened with ``begin_call``; its records (and ``events`` and
+        ``writes``, in the same transaction) are written by return. True if committed."""
+        return await self.recorder.finish(meter, exc, events=events, writes=writes)
 
     async def record_open(self, meter: CallMeter) -> None:
         """Put the opening of a streamed call on record before its first byte is sent."""

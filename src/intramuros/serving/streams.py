@@ -112,6 +112,7 @@ class Streams:
                     if delta.usage is not None:
                         meter.prompt_tokens += delta.usage.prompt_tokens
                         meter.completion_tokens += delta.usage.completion_tokens
+                        meter.cached_tokens += delta.usage.cached_tokens
                     yield delta
         except IntramurosError as exc:
             if finish:

@@ -44,8 +44,14 @@ def _model_header(model: str) -> str:
 def _respond(result: Any, model: str, response: Response) -> Any:
     value = _model_header(model)
     if isinstance(result, BaseModel):
-        response.headers[MODEL_HEADER] = value
-        return result
+        # Serialised once, by pydantic, as FastAPI would (by alias, JSON mode), without its
+        # second validation and encoding pass: this is every model call's path.
+        whole = Response(result.model_dump_json(by_alias=True), media_type="application/json")
+        for name, header in response.headers.items():
+            if name not in ("content-length", "content-type"):
+                whole.headers[name] = header
+        whole.headers[MODEL_HEADER] = value
+        return whole
     stream = sse_response(result)
     stream.headers[MODEL_HEADER] = value
     return stream
