@@ -219,7 +219,7 @@ def test_a_broken_engine_entry_point_is_an_error_naming_it(
 def test_a_broken_workload_entry_point_stops_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
     from intramuros.platform.plugin import installed_workloads
 
-    assert [w.name for w in installed_workloads()] == ["docai", "kyc", "voice"]
+    assert [w.name for w in installed_workloads()] == ["docai", "forge", "kyc", "voice"]
     _broken_group(monkeypatch, "intramuros.workloads", "kyc", "intramuros.kyc.nothing:plugin")
     with pytest.raises(ConfigError, match=r"Workload 'kyc' \(intramuros.kyc.nothing:plugin\)"):
         installed_workloads()

@@ -360,11 +360,14 @@ class Catalog:
         license: str = "unknown",
         description: str = "",
         replace: bool = False,
+        owner: str | None = None,
+        lineage: dict[str, Any] | None = None,
     ) -> ModelRecord:
         """Register a llama.cpp LoRA adapter GGUF on ``base`` (a GGUF model of the catalogue).
 
         The adapter serves what its base serves, in its context window; its file
-        is hashed like any model's and checked again on every load.
+        is hashed like any model's and checked again on every load. ``owner``
+        (a tenant id) keeps it to that tenant; ``lineage`` says how it was made.
         """
         self._check_new_name(name, replace)
         parent = self.get(base)
@@ -394,7 +397,8 @@ class Catalog:
             architecture=info.architecture, context_length=parent.context_length,
             license=license if license != "unknown" else (info.license or "unknown"),
             origin=Origin(kind="file", path=str(path)), capabilities=parent.capabilities,
-            description=description or info.name or "", base=base,
+            description=description or info.name or "", base=base, owner=owner,
+            lineage=lineage,
         )  # fmt: skip
         self._save(record)
         return record
@@ -407,6 +411,14 @@ class Catalog:
                                  "those adapters first.", param="name")  # fmt: skip
         if not self.db.delete_model(name):
             raise ModelNotFound(name)
+
+    def remove_owned(self, owner: str) -> int:
+        """Forget every model a tenant owns (made from its data); how many there were."""
+        owned = [r for r in self.records() if r.owner == owner]
+        # Adapters before the bases they adapt.
+        for record in sorted(owned, key=lambda r: r.base is None):
+            self.db.delete_model(record.name)
+        return len(owned)
 
     def _check_new_name(self, name: str, replace: bool) -> None:
         if not NAME_RE.fullmatch(name):

@@ -64,6 +64,11 @@ class ModelRecord(BaseModel):
     # A LoRA adapter: the model it adapts, whose loaded weights it shares (``path`` and
     # ``sha256`` are then the adapter file's).
     base: str | None = None
+    # A model made from a tenant's data (fine-tuned): only that tenant sees and calls it.
+    owner: str | None = None
+    # How it was made (fine-tuning: the base's and the data's sha256, hyperparameters,
+    # seed, metrics, library versions): its lineage, shown with it.
+    lineage: dict[str, Any] | None = None
     bundled: bool = False
     created: int = Field(default_factory=lambda: int(time.time()))
 

@@ -58,8 +58,14 @@ def models_list(as_json: bool, **options: Any) -> None:
                  else origin.path or origin.url or "")  # fmt: skip
         size = f"{r.size_bytes / 1e6:.1f} MB" if r.size_bytes else "-"
         fmt = r.format if r.base is None else f"lora on {r.base}"
+        made = f"{origin.kind}: {where}"
+        if r.lineage:
+            # A fine-tuned model: its job and the sha256 of its base and data.
+            made = (f"fine-tuned by {r.lineage.get('job')}: base "
+                    f"{str(r.lineage.get('base_sha256'))[:12]}, data "
+                    f"{str(r.lineage.get('training_sha256'))[:12]}, seed {r.lineage.get('seed')}")
         table.add_row(r.name, r.engine, fmt, r.quantization or "-", str(r.context_length),
-                      size, r.license, f"{origin.kind}: {where}", ",".join(r.capabilities),
+                      size, r.license, made, ",".join(r.capabilities),
                       (r.sha256 or "-")[:16])  # fmt: skip
     console.print(table)
 

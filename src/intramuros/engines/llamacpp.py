@@ -144,8 +144,8 @@ class LlamaCppEngine(Engine):
                                                   bos_token=bos)  # fmt: skip
             # The same template without the assistant's opening: how a finished
             # conversation reads, for training on it.
-            self._closing = Jinja2ChatFormatter(template=template, eos_token=eos,
-                                                bos_token=bos, add_generation_prompt=False)  # fmt: skip
+            self._closing = Jinja2ChatFormatter(
+                template=template, eos_token=eos, bos_token=bos, add_generation_prompt=False)
 
     def _control_pattern(self) -> re.Pattern[str]:
         """What the spelling of any control token looks like (they are special only in

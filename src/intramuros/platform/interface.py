@@ -18,7 +18,8 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry
@@ -45,6 +46,20 @@ class AuditEvent:
     key_id: str | None
     subject: str | None
     data: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """A LoRA adapter to register (see :meth:`Platform.add_adapter`)."""
+
+    path: Path
+    name: str
+    base: str
+    license: str = "unknown"
+    description: str = ""
+    owner: str | None = None
+    lineage: Mapping[str, Any] = field(default_factory=dict)
+    replace: bool = False
 
 
 class UnitOfWork(Protocol):
@@ -185,6 +200,14 @@ class Platform(Protocol):
 
     async def model_records(self) -> list[ModelRecord]:
         """Every catalogue record."""
+        ...
+
+    async def add_adapter(self, adapter: AdapterSpec) -> ModelRecord:
+        """Register a llama.cpp LoRA adapter GGUF on its base (hashed, provenance kept)."""
+        ...
+
+    async def remove_model(self, name: str) -> None:
+        """Take a model out of the catalogue."""
         ...
 
     # -- models through the gate, as a client would call them ---------------------------

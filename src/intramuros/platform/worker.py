@@ -13,6 +13,9 @@ from contextlib import contextmanager
 
 from sqlalchemy.engine import Connection
 
+from intramuros.catalog.records import ModelRecord
+from intramuros.platform.interface import AdapterSpec, Auditor, UnitOfWork
+from intramuros.settings import Settings
 from intramuros.store.db import Database
 
 
@@ -41,3 +44,47 @@ class WorkerTables:
 def open_tables(database_url: str) -> WorkerTables:
     """The installation's database, for a worker process's own tables."""
     return WorkerTables(database_url)
+
+
+class WorkerInstallation:
+    """What a workload's long-running worker process (the training worker) may open of
+    its installation: its own tables, the ledger to record what it did, and the
+    catalogue, to register the adapter it made."""
+
+    def __init__(self, settings: Settings) -> None:
+        from intramuros.ledger import Ledger, LedgerKeys
+
+        self.settings = settings
+        self._db = Database(settings.resolved_database_url())
+        self._db.migrate()
+        self._ledger = Ledger(self._db, LedgerKeys.load(settings.ledger_key_file))
+
+    @property
+    def tables(self) -> UnitOfWork:
+        """The workload's tables."""
+        return self._db
+
+    @property
+    def auditor(self) -> Auditor:
+        """The installation's ledger."""
+        return self._ledger
+
+    def model_record(self, name: str) -> ModelRecord:
+        """A catalogue record (``ModelNotFound`` if there is none)."""
+        from intramuros.catalog.catalog import Catalog
+
+        return Catalog(self._db, self.settings).get(name)
+
+    def add_adapter(self, adapter: AdapterSpec) -> ModelRecord:
+        """Register a LoRA adapter GGUF (as ``Platform.add_adapter``)."""
+        from intramuros.catalog.catalog import Catalog
+
+        return Catalog(self._db, self.settings).add_adapter(
+            adapter.path, name=adapter.name, base=adapter.base, license=adapter.license,
+            description=adapter.description, owner=adapter.owner,
+            lineage=dict(adapter.lineage), replace=adapter.replace,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        """Close the database's connections."""
+        self._db.close()

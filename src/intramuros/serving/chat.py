@@ -39,7 +39,7 @@ class ChatService(Endpoint):
         meter.subject = privacy.provisional_subject(subject and subject[1], self.admission.keys)
         try:
             policy = await self.admission.admit(who, meter)
-            model = await self.pool.get(req.model)
+            model = await self.pool.get(req.model, who.tenant)
             # Checking schemas and copying messages is Python work proportional to the
             # request: off the event loop, unless it is bounded and small.
             params = (convert.chat_params(req, model.record) if convert.small_chat(req)

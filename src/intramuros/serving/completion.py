@@ -38,7 +38,7 @@ class CompletionService(Endpoint):
         meter.subject = privacy.provisional_subject(subject and subject[1], self.admission.keys)
         try:
             policy = await self.admission.admit(who, meter)
-            model = await self.pool.get(req.model)
+            model = await self.pool.get(req.model, who.tenant)
             meter.weights_sha256 = model.record.sha256
             prompts: list[str | list[int]] = convert.completion_prompts(req)
             stop = convert.completion_params(req, model.record, prompts[0]).sampling.stop

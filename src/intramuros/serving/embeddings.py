@@ -33,7 +33,7 @@ class EmbeddingService(Endpoint):
         meter.subject = privacy.provisional_subject(subject and subject[1], self.admission.keys)
         try:
             policy = await self.admission.admit(who, meter)
-            model = await self.pool.get(req.model)
+            model = await self.pool.get(req.model, who.tenant)
             meter.weights_sha256 = model.record.sha256
             convert.require(model.record, "embeddings", "embeddings")
             inputs = convert.embedding_inputs(req, self.settings.max_embedding_inputs)

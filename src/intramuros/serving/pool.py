@@ -56,19 +56,23 @@ class ModelPool:
         """The models loaded now, by name."""
         return dict(self._loaded)
 
-    async def get(self, name: str) -> LoadedModel:
+    async def get(self, name: str, tenant: str | None = None) -> LoadedModel:
         """The loaded model ``name``, loading (and verifying) it first if needed.
 
         Raises ``ModelNotFound``/``ModelFileMissing`` for unknown or missing
         models and ``ModelIntegrityError`` when the weights do not hash to
-        their record; such a model is never loaded.
+        their record; such a model is never loaded. With ``tenant`` (a
+        client's call), a model another tenant owns (one fine-tuned on its
+        data) is ``ModelNotFound``, exactly as one that does not exist.
         """
         if self._closing:
             raise EngineUnavailable("The server is shutting down.")
         ready = self._loaded.get(name)
         if ready is not None and (ready.record.base is None or self._adapter_current(ready)):
+            _check_owner(ready.record, tenant)
             return ready
         record = self.catalog.get(name)
+        _check_owner(record, tenant)
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             ready = self._loaded.get(name)
@@ -165,3 +169,8 @@ class ModelPool:
                 model.lane.shutdown()
             await asyncio.to_thread(model.engine.close)
         self._loaded.clear()
+
+
+def _check_owner(record: ModelRecord, tenant: str | None) -> None:
+    if tenant is not None and record.owner is not None and record.owner != tenant:
+        raise ModelNotFound(record.name)

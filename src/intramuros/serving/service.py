@@ -37,7 +37,7 @@ from intramuros.meter.energy import EnergyMeter, open_sources
 from intramuros.meter.metrics import Metrics
 from intramuros.meter.price import PriceModel
 from intramuros.platform.call import CallMeter
-from intramuros.platform.interface import AuditEvent, Auditor, UnitOfWork
+from intramuros.platform.interface import AdapterSpec, AuditEvent, Auditor, UnitOfWork
 from intramuros.protocol import openai as p
 from intramuros.serving.admission import Admission
 from intramuros.serving.chat import ChatService
@@ -161,7 +161,8 @@ class InferenceService:
     def list_models(self, who: Principal) -> p.ModelList:
         """Every model in the catalogue that the caller's key may use."""
         return p.ModelList(
-            data=[self.model_card(r) for r in self.catalog.records() if who.may_use(r.name)]
+            data=[self.model_card(r) for r in self.catalog.records()
+                  if who.may_use(r.name) and r.owner in (None, who.tenant)]
         )
 
     def policy_of(self, tenant: str) -> TenantPolicy:
@@ -278,6 +279,18 @@ class InferenceService:
     async def model_records(self) -> list[ModelRecord]:
         """Every catalogue record."""
         return await asyncio.to_thread(self.catalog.records)
+
+    async def add_adapter(self, adapter: AdapterSpec) -> ModelRecord:
+        """Register a LoRA adapter GGUF on its base; served from the next request."""
+        return await asyncio.to_thread(
+            self.catalog.add_adapter, adapter.path, name=adapter.name, base=adapter.base,
+            license=adapter.license, description=adapter.description, owner=adapter.owner,
+            lineage=dict(adapter.lineage), replace=adapter.replace,
+        )  # fmt: skip
+
+    async def remove_model(self, name: str) -> None:
+        """Take a model out of the catalogue (a running server lets it go within a second)."""
+        await asyncio.to_thread(self.catalog.remove, name)
 
     async def managed_tenant(self, who: Principal, name: str | None) -> str:
         """The id of a tenant ``who`` may manage (404 for any other, as for a missing one)."""

@@ -19,6 +19,7 @@ import logging
 
 import sqlalchemy as sa
 
+from intramuros.catalog.catalog import Catalog
 from intramuros.errors import IntramurosError
 from intramuros.gate.tables import usage
 from intramuros.gate.tenants import Tenants, TenantTombstone
@@ -50,6 +51,8 @@ def purge_tenant(ctx: TenantPurge, tenants: Tenants, tomb: TenantTombstone) -> d
     """Delete every area's data of the deleted tenant ``tomb``; counts by kind."""
     db, ledger = tenants.db, _ledger_of(ctx)
     counts = _core_rows(db, tomb.id)
+    # Models made from the tenant's data (fine-tuned) are its data too.
+    counts["models"] = Catalog(db, ctx.settings).remove_owned(tomb.id)
     for workload in installed_workloads():
         if workload.purge_tenant is not None:
             counts.update(workload.purge_tenant(ctx, tomb.id))
