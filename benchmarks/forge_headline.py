@@ -33,6 +33,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 SUITES = ("invoice_fields", "same_person", "transaction_category")
 BASE = "smollm2-135m-instruct"
+# The longest generated example of each suite fits (tokens, prompt and answer).
+SEQ_LEN = {"invoice_fields": 640, "same_person": 256, "transaction_category": 320}
 GENERAL = ("gemma-3-270m",)
 
 
@@ -75,7 +77,8 @@ def train(suite: str, data_dir: Path, work: Path, epochs: int, limit: int | None
     started = time.perf_counter()
     done = run(["forge", "run", str(train_file), "--base", BASE, "--suffix",
                 suite.replace("_", "-"), "--validation", str(valid_file), "--epochs",
-                str(epochs), "--seed", "0", "--json"], data_dir)  # fmt: skip
+                str(epochs), "--seq-len", str(SEQ_LEN[suite]), "--seed", "0", "--json"],
+               data_dir)  # fmt: skip
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"training on {suite} failed:\n{done.stdout[-2000:]}\n"
@@ -182,7 +185,8 @@ def main() -> None:
     parser.add_argument("--model", action="append", default=[],
                         help="Another general model of the catalogue to compare with.")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument("--train-limit", action="append", default=[], metavar="[SUITE=]N",
+                        help="Train on the first N generated examples (of SUITE only).")
     parser.add_argument("--bench-limit", type=int, default=None)
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
@@ -192,8 +196,13 @@ def main() -> None:
     started = dt.datetime.now(dt.UTC)
     where = machine()
     results = []
+    limits: dict[str, int] = {}
+    for entry in args.train_limit:
+        name, _, count = entry.rpartition("=")
+        for suite in [name] if name else SUITES:
+            limits[suite] = int(count)
     for suite in args.suite or SUITES:
-        trained = train(suite, args.data_dir, work, args.epochs, args.train_limit)
+        trained = train(suite, args.data_dir, work, args.epochs, limits.get(suite))
         model = trained["job"]["fine_tuned_model"]
         models = [model, BASE, *GENERAL, *args.model]
         trained["model"] = model
@@ -211,7 +220,7 @@ def main() -> None:
             fh.write(f"\n## Forge headline ({started:%Y-%m-%d %H:%M} UTC)\n\n"
                      f"Machine: {where}. `python benchmarks/forge_headline.py "
                      f"--epochs {args.epochs}"
-                     + (f" --train-limit {args.train_limit}" if args.train_limit else "")
+                     + "".join(f" --train-limit {e}" for e in args.train_limit)
                      + (f" --bench-limit {args.bench_limit}" if args.bench_limit else "")
                      + "`\n\n" + text + "\n\n" + "\n".join(f"- {v}" for v in lines) + "\n")
 

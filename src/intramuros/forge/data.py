@@ -277,8 +277,10 @@ def tokenise(chats: Sequence[Chat], tokenizer: Tokenizer, seq_len: int,
             continue
         learnt = sum(mask[:seq_len])
         if not learnt:
+            needed = mask.index(True) + 1 if True in mask else len(ids)
             report.add(chat.line, "messages", "No assistant token within the sequence "
-                       f"length ({seq_len}): nothing to learn.")  # fmt: skip
+                       f"length ({seq_len}): nothing to learn (this example needs a "
+                       f"sequence length of at least {needed}).")  # fmt: skip
             continue
         report.tokens += len(ids)
         report.trained_tokens += learnt
