@@ -36,6 +36,7 @@ BASE = "smollm2-135m-instruct"
 # The longest generated example of each suite fits (tokens, prompt and answer).
 SEQ_LEN = {"invoice_fields": 640, "same_person": 256, "transaction_category": 320}
 GENERAL = ("gemma-3-270m",)
+RECORDED = HERE / "forge_headline.json"
 
 
 def suite_items(name: str) -> list[dict[str, Any]]:
@@ -67,7 +68,8 @@ def run(cmd: list[str], data_dir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(full, text=True, capture_output=True, check=False)
 
 
-def train(suite: str, data_dir: Path, work: Path, epochs: int, limit: int | None) -> dict[str, Any]:
+def train(suite: str, data_dir: Path, work: Path, epochs: int, limit: int | None,
+          lr_multiplier: float | None = None) -> dict[str, Any]:  # fmt: skip
     train_file, valid_file = work / f"{suite}.train.jsonl", work / f"{suite}.valid.jsonl"
     n = as_asked(suite, HERE / "forge_data" / f"{suite}.train.jsonl", train_file)
     as_asked(suite, HERE / "forge_data" / f"{suite}.validation.jsonl", valid_file)
@@ -77,14 +79,18 @@ def train(suite: str, data_dir: Path, work: Path, epochs: int, limit: int | None
     started = time.perf_counter()
     done = run(["forge", "run", str(train_file), "--base", BASE, "--suffix",
                 suite.replace("_", "-"), "--validation", str(valid_file), "--epochs",
-                str(epochs), "--seq-len", str(SEQ_LEN[suite]), "--seed", "0", "--json"],
+                str(epochs), "--seq-len", str(SEQ_LEN[suite]), "--seed", "0", "--json",
+                "--suite", suite,
+                *(["--learning-rate-multiplier", str(lr_multiplier)] if lr_multiplier else [])],
                data_dir)  # fmt: skip
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"training on {suite} failed:\n{done.stdout[-2000:]}\n"
                          f"{done.stderr[-3000:]}")
     job = json.loads(done.stdout[done.stdout.index("{"):])
-    return {"suite": suite, "examples": n, "epochs": epochs, "seconds": seconds, "job": job}
+    task = ((job.get("intramuros") or {}).get("evaluation") or {}).get("task")
+    return {"suite": suite, "examples": n, "epochs": epochs, "seconds": seconds,
+            "lr_multiplier": lr_multiplier, "task": task, "job": job}
 
 
 def bench(suite: str, models: list[str], data_dir: Path, out: Path,
@@ -187,6 +193,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--train-limit", action="append", default=[], metavar="[SUITE=]N",
                         help="Train on the first N generated examples (of SUITE only).")
+    parser.add_argument("--lr-multiplier", action="append", default=[], metavar="[SUITE=]X",
+                        help="The learning-rate multiplier (of SUITE only); default: auto.")
     parser.add_argument("--bench-limit", type=int, default=None)
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
@@ -201,26 +209,44 @@ def main() -> None:
         name, _, count = entry.rpartition("=")
         for suite in [name] if name else SUITES:
             limits[suite] = int(count)
+    rates: dict[str, float] = {}
+    for entry in args.lr_multiplier:
+        name, _, value = entry.rpartition("=")
+        for suite in [name] if name else SUITES:
+            rates[suite] = float(value)
     for suite in args.suite or SUITES:
-        trained = train(suite, args.data_dir, work, args.epochs, limits.get(suite))
+        trained = train(suite, args.data_dir, work, args.epochs, limits.get(suite),
+                        rates.get(suite))  # fmt: skip
         model = trained["job"]["fine_tuned_model"]
         models = [model, BASE, *GENERAL, *args.model]
         trained["model"] = model
         trained["bench"] = bench(suite, models, args.data_dir, work / suite, args.bench_limit)
         results.append(trained)
         print(table([trained]), flush=True)
+    (work / "headline.json").write_text(json.dumps(results, indent=2, default=str))
+    if args.record:
+        # The recorded set: each suite's latest run, so one suite can be measured again
+        # without losing the others from the table and the chart.
+        kept = json.loads(RECORDED.read_text())["results"] if RECORDED.is_file() else []
+        ran = {r["suite"] for r in results}
+        slim = [{k: v for k, v in r.items() if k != "job"} for r in results]
+        merged = sorted([r for r in kept if r["suite"] not in ran] + slim,
+                        key=lambda r: SUITES.index(r["suite"]))  # fmt: skip
+        RECORDED.write_text(json.dumps({"machine": where, "results": merged}, indent=2) + "\n")
+        results = merged
     text = table(results)
     lines = verdicts(results)
     print(text)
     print("\n".join(lines))
     chart(results, HERE.parent / "docs" / "img" / "forge_headline.png")
-    (work / "headline.json").write_text(json.dumps(results, indent=2, default=str))
     if args.record:
         with (HERE / "RESULTS.md").open("a") as fh:
             fh.write(f"\n## Forge headline ({started:%Y-%m-%d %H:%M} UTC)\n\n"
                      f"Machine: {where}. `python benchmarks/forge_headline.py "
                      f"--epochs {args.epochs}"
+                     + "".join(f" --suite {e}" for e in args.suite or [])
                      + "".join(f" --train-limit {e}" for e in args.train_limit)
+                     + "".join(f" --lr-multiplier {e}" for e in args.lr_multiplier)
                      + (f" --bench-limit {args.bench_limit}" if args.bench_limit else "")
                      + "`\n\n" + text + "\n\n" + "\n".join(f"- {v}" for v in lines) + "\n")
 

@@ -171,6 +171,46 @@ def test_mistral_spellings_auto_start_false_then_start(forge: Server) -> None:
     check_error(r, 400, param="fine_tuning_job_id")
 
 
+def test_a_scored_validation_file_and_a_merged_gguf(forge: Server) -> None:
+    """The validation lines name a scorer: the base and the fine-tuned model are scored
+    on them as served; ``merge`` also registers a standalone GGUF, kept to the tenant."""
+    scored = "\n".join(json.dumps(json.loads(_line(c)) | {
+        "scorer": "contains", "expected": f"ZQX-{c.upper()}", "max_tokens": 12})
+        for c in CITIES[:4]).encode()  # fmt: skip
+    client = forge.openai("user")
+    job = client.fine_tuning.jobs.create(
+        model=BASE, training_file=_upload(forge, TRAIN), validation_file=_upload(forge, scored),
+        suffix="merged", seed=11, method={"type": "supervised", "supervised": {
+            "hyperparameters": {"n_epochs": 3, "batch_size": 4,
+                                "learning_rate_multiplier": 10}}},
+        extra_body={"merge": True},
+    )  # fmt: skip
+    done = _wait(forge, job.id)
+    assert done["status"] == "succeeded", done
+    evaluation = done["intramuros"]["evaluation"]
+    task = evaluation["task"]
+    assert task["source"] == "validation_file" and task["items"] == 4, task
+    # The base has never seen a depot code; the fine-tuned model writes them.
+    assert task["before"] == 0 and task["after"] >= 0.5, task
+    assert evaluation["task_verdict"] == "better than its base on validation_file"
+    events = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
+    assert any(m.startswith("Task score on validation_file (4 items)") for m in events), events
+    # The merged model: served on its own, with the same lineage, to this tenant only.
+    name = done["fine_tuned_model"]
+    merged = f"{name}:merged"
+    cards = forge.http.get("/v1/models", headers=forge.headers("user")).json()["data"]
+    card = next(m for m in cards if m["id"] == merged)
+    assert card["intramuros"]["lineage"]["job"] == job.id
+    assert card["intramuros"]["lineage"]["metrics"]["task"]["after"] == task["after"]
+    assert "ZQX" in _chat(forge, merged), _chat(forge, merged)
+    assert merged not in [m.id for m in forge.openai("other").models.list().data]
+    r = forge.http.post("/v1/chat/completions", headers=forge.headers("other"), json={
+        "model": merged, "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+    check_error(r, 404, "model_not_found")
+    folder = forge.data_dir / "forge" / done["organization_id"] / job.id
+    assert (folder / "merged.gguf").is_file() and (folder / "adapter.gguf").is_file()
+
+
 def _worker_pid(srv: Server) -> int | None:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -230,6 +270,8 @@ def test_bad_input_is_refused_with_the_line_and_field(forge: Server) -> None:
                 contains=("'gemma3'",))  # fmt: skip
     check_error(create(training_file=good, suffix="../../etc"), 400)
     check_error(create(training_file=good, hyperparameters={"n_epochs": 10**9}), 400)
+    check_error(create(training_file=good, suite="../../etc/passwd"), 400, param="suite")
+    check_error(create(training_file=good, suite="x" * 101), 400)
     check_error(create(), 400, param="training_file")
     check_error(http.get("/v1/fine_tuning/jobs/ftjob-nope"), 404)
     check_error(http.get("/v1/fine_tuning/jobs/" + "x" * 65), 400)
@@ -253,6 +295,14 @@ def test_bad_input_is_refused_with_the_line_and_field(forge: Server) -> None:
     assert {(2, "line"), (3, "messages"), (4, "messages[0].role"), (5, "messages"),
             (6, "messages[1].tool_calls[0].function.name"),
             (6, "messages[1].tool_calls[0].function.arguments")} <= where, problems
+    # A validation line whose scorer is wrong fails the job, by line and field.
+    scored = _line("Lyon").encode() + b"\n" + json.dumps(
+        json.loads(_line("Graz")) | {"scorer": "regex", "expected": "(open"}).encode()
+    job = create(training_file=good, validation_file=_upload(forge, scored)).json()
+    failed = _wait(forge, job["id"])
+    assert failed["error"]["param"] == "validation_file", failed["error"]
+    problems = failed["intramuros"]["report"]["validation"]["problems"]
+    assert [(p["line"], p["field"]) for p in problems] == [(2, "scorer")], problems
     # Two tenants' limits: at most three unfinished jobs each (this server's setting).
     ids = [create(training_file=good, auto_start=False).json()["id"] for _ in range(3)]
     check_error(create(training_file=good), 429)

@@ -138,3 +138,52 @@ def test_a_refusal_of_the_template_or_nothing_learnt_is_a_problem_of_its_line() 
     assert len(kept) == 1
     assert [(p.line, p.field) for p in report.problems] == [(2, "messages"), (3, "messages")]
     assert "nothing to learn" in report.problems[1].message
+
+
+def _scored(answer: str = "Paris.", **task: Any) -> dict[str, Any]:
+    return _good(answer) | {"scorer": "exact", "expected": answer, **task}
+
+
+def test_a_line_that_names_a_scorer_is_also_a_task() -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "c", "schema": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}  # fmt: skip
+    choice = _good('{"city": "Paris"}') | {
+        "scorer": "choice", "expected": "Paris", "choices": ["Paris", "Lyon"],
+        "field": "city", "response_format": fmt, "max_tokens": 16}  # fmt: skip
+    report, chats = _report(_lines(_scored(), choice, _good()))
+    assert report.ok, report.problems
+    first, second, plain = (c.task for c in chats)
+    # The prompt is the conversation before the answer; the answer is what is scored.
+    assert first == {"id": "1", "messages": [{"role": "user", "content": "Capital of France?"}],
+                     "scorer": "exact", "expected": "Paris."}  # fmt: skip
+    assert second is not None and second["response_format"] == fmt
+    assert second["choices"] == ["Paris", "Lyon"] and second["max_tokens"] == 16
+    assert plain is None
+
+
+@pytest.mark.parametrize(("task", "says"), [
+    ({"scorer": "bogus"}, "scorer must be one of"),
+    ({"expected": None, "scorer": "numeric"}, "expected"),
+    ({"scorer": "regex", "expected": "(unclosed"}, "regex"),
+    ({"scorer": "choice", "choices": "Paris"}, "choices"),
+    ({"scorer": "exact", "fields": ["x"]}, "do not apply"),
+    ({"scorer": "exact", "max_tokens": 10**6}, "max_tokens"),
+])  # fmt: skip
+def test_a_bad_scorer_is_a_problem_of_its_line_and_field(task: dict[str, Any], says: str) -> None:
+    report, chats = _report(_lines(_good(), _scored(**task)))
+    assert not report.ok and [c.line for c in chats] == [1]
+    assert [(p.line, p.field) for p in report.problems] == [(2, "scorer")]
+    assert says in report.problems[0].message, report.problems[0].message
+
+
+def test_a_scored_line_with_tool_calls_in_its_prompt_is_refused() -> None:
+    line = {"messages": [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                                              "function": {"name": "w", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        {"role": "assistant", "content": "Sunny."}],
+        "scorer": "contains", "expected": "sunny"}  # fmt: skip
+    report, _ = _report(_lines(line))
+    assert [(p.line, p.field) for p in report.problems] == [(1, "scorer")]
+    assert "plain text" in report.problems[0].message

@@ -51,7 +51,7 @@ def _job(home: WorkerInstallation, status: str = "running", **extra: Any) -> str
         "hyper": {"n_epochs": 1, "batch_size": 2, "learning_rate": 1e-4, "seq_len": 32,
                   "training_steps": None, "lora_rank": 4},
         **extra,
-    })  # fmt: skip
+    }, admit=lambda conn: None)  # fmt: skip
     write_examples(job_dir(home.settings.data_dir, "default", job_id),
                    {"training": [([1, 2, 3], [False, True, True])]})  # fmt: skip
     return job_id

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -39,3 +40,19 @@ def write_atomic(
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(dest: Path) -> Iterator[Path]:
+    """A temporary path beside ``dest`` to write a file at, renamed onto ``dest`` (after an
+    fsync) when the block succeeds: ``dest`` is the whole file or untouched, and nothing
+    is left behind on any error."""
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            tmp.unlink()

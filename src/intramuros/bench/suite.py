@@ -32,9 +32,9 @@ MAX_LINE_BYTES = 1024 * 1024
 MAX_ITEMS = 100_000
 MAX_TOKENS_LIMIT = 8192
 ROLES = ("system", "user", "assistant")
-_ITEM_KEYS = frozenset({"id", "messages", "prompt", "expected", "scorer", "response_format",
+ITEM_KEYS = frozenset({"id", "messages", "prompt", "expected", "scorer", "response_format",
                         "max_tokens", "stop", "tags"})  # fmt: skip
-_ALL_OPTIONS = frozenset().union(*scorers.OPTIONS.values())
+ALL_OPTIONS = frozenset().union(*scorers.OPTIONS.values())
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def parse_suite(raw: bytes, *, name: str, origin: str) -> Suite:
         except RecursionError:
             raise SuiteError(f"{where}: JSON nested too deeply") from None
         try:
-            item = _item(data)
+            item = parse_item(data)
         except (SuiteError, scorers.ScorerOptionError) as exc:
             raise SuiteError(f"{where}: {exc}") from None
         if item.id in seen:
@@ -136,10 +136,12 @@ def parse_suite(raw: bytes, *, name: str, origin: str) -> Suite:
                  items=tuple(items))  # fmt: skip
 
 
-def _item(data: Any) -> Item:
+def parse_item(data: Any) -> Item:
+    """One item from its JSON object (``SuiteError`` or ``ScorerOptionError`` naming what is
+    wrong)."""
     if not isinstance(data, dict):
         raise SuiteError("an item must be a JSON object")
-    unknown = sorted(set(data) - _ITEM_KEYS - _ALL_OPTIONS)
+    unknown = sorted(set(data) - ITEM_KEYS - ALL_OPTIONS)
     if unknown:
         raise SuiteError(f"unknown key(s) {', '.join(map(repr, unknown))}")
     ident = data.get("id")
@@ -150,7 +152,7 @@ def _item(data: Any) -> Item:
         raise SuiteError(f"scorer must be one of {', '.join(scorers.SCORERS)}, got {scorer!r}")
     if "expected" not in data:
         raise SuiteError("expected is missing")
-    options = {k: v for k, v in data.items() if k in _ALL_OPTIONS}
+    options = {k: v for k, v in data.items() if k in ALL_OPTIONS}
     foreign = sorted(set(options) - scorers.OPTIONS[scorer])
     if foreign:
         raise SuiteError(f"option(s) {', '.join(map(repr, foreign))} do not apply to "

@@ -23,7 +23,7 @@ from typing import Any
 
 from intramuros.catalog.bundled import BUNDLED, BundledModel, find_bundled
 from intramuros.catalog.gguf import read_gguf_info
-from intramuros.catalog.records import Capability, ModelRecord, Origin
+from intramuros.catalog.records import AdapterSpec, Capability, ModelRecord, Origin
 from intramuros.errors import (
     InvalidRequest,
     ModelFileMissing,
@@ -177,8 +177,11 @@ class Catalog:
         capabilities: tuple[Capability, ...] | None = None,
         context_length: int | None = None,
         replace: bool = False,
+        owner: str | None = None,
+        lineage: dict[str, Any] | None = None,
     ) -> ModelRecord:
-        """Register a GGUF file (or CTranslate2 Whisper directory) the operator supplies."""
+        """Register a GGUF file (or CTranslate2 Whisper directory) the operator supplies
+        (``owner`` and ``lineage`` as for :meth:`add_adapter`: a merged fine-tuned model)."""
         self._check_new_name(name, replace)
         path = path.expanduser().resolve()
         if path.is_dir():
@@ -222,6 +225,8 @@ class Catalog:
             origin=Origin(kind="file", path=str(path)),
             capabilities=caps,
             description=info.name or "",
+            owner=owner,
+            lineage=lineage,
         )
         self._save(record)
         return record
@@ -402,6 +407,14 @@ class Catalog:
         )  # fmt: skip
         self._save(record)
         return record
+
+    def register_adapter(self, spec: AdapterSpec) -> ModelRecord:
+        """:meth:`add_adapter` from a spec (the platform's and the workers' way in)."""
+        return self.add_adapter(
+            spec.path, name=spec.name, base=spec.base, license=spec.license,
+            description=spec.description, owner=spec.owner, lineage=dict(spec.lineage),
+            replace=spec.replace,
+        )  # fmt: skip
 
     def remove(self, name: str) -> None:
         """Forget a model (its files are left where they are); not a base with adapters."""

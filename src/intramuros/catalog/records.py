@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,6 +14,20 @@ Capability = Literal[
     "chat", "completion", "embeddings", "tools", "json", "transcription", "translation", "ocr"
 ]
 OriginKind = Literal["package", "file", "upstream", "engine"]
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """A LoRA adapter to register on its base (``Catalog.register_adapter``)."""
+
+    path: Path
+    name: str
+    base: str
+    license: str = "unknown"
+    description: str = ""
+    owner: str | None = None
+    lineage: Mapping[str, Any] = field(default_factory=dict)
+    replace: bool = False
 
 
 class Origin(BaseModel):

@@ -24,7 +24,7 @@ from intramuros.forge import protocol as p
 from intramuros.forge.jobs import FINISHED_STATES, Jobs
 from intramuros.forge.render import render_job
 from intramuros.forge.settings import ForgeSettings
-from intramuros.forge.workdir import ADAPTER, job_dir
+from intramuros.forge.workdir import ADAPTER, MERGED, job_dir
 from intramuros.gate.tenants import Principal
 from intramuros.platform.cli import (
     STATE_FIELDS,
@@ -128,13 +128,17 @@ def _print_report(path: Path, report: checks.Report) -> None:
 @click.option("--steps", type=int, default=None, help="Stop after this many steps.")
 @click.option("--seq-len", type=int, default=None)
 @click.option("--seed", type=int, default=None)
+@click.option("--suite", default=None,
+              help="A bench suite to score the base and the new model on (its name).")
+@click.option("--merge", is_flag=True,
+              help="Also write and register a standalone GGUF (the adapter merged in).")
 @click.option("--json", "as_json", is_flag=True, help="Print the finished job as JSON.")
 @_tenant
 @_state
 def run(path: Path, base: str, suffix: str | None, validation: Path | None,
         epochs: int | None, batch_size: int | None, learning_rate_multiplier: float | None,
-        steps: int | None, seq_len: int | None, seed: int | None, as_json: bool, tenant: str,
-        **options: Any) -> None:  # fmt: skip
+        steps: int | None, seq_len: int | None, seed: int | None, suite: str | None,
+        merge: bool, as_json: bool, tenant: str, **options: Any) -> None:  # fmt: skip
     """Fine-tune BASE on PATH (chat JSONL); the model is served when the job succeeds."""
     settings = load_options(options)
     hyper = {k: v for k, v in {"n_epochs": epochs, "batch_size": batch_size,
@@ -142,7 +146,9 @@ def run(path: Path, base: str, suffix: str | None, validation: Path | None,
                                "training_steps": steps, "seq_len": seq_len}.items()
              if v is not None}  # fmt: skip
     try:
-        job = asyncio.run(_create(settings, tenant, path, validation, base, suffix, hyper, seed))
+        extra = {"suite": suite, "merge": merge}
+        job = asyncio.run(_create(settings, tenant, path, validation, base, suffix, hyper, seed,
+                                  extra))  # fmt: skip
     except IntramurosError as exc:
         fail(exc)
     except ValueError as exc:
@@ -160,6 +166,11 @@ def run(path: Path, base: str, suffix: str | None, validation: Path | None,
             console.print(f"validation loss {evaluation['before']['loss']:.4f} -> "
                           f"{evaluation['after']['loss']:.4f} ({evaluation['verdict']})",
                           highlight=False)  # fmt: skip
+        task = evaluation.get("task")
+        if task:
+            console.print(f"task score on {task['source']} ({task['items']} items): "
+                          f"{task['before']:.3f} -> {task['after']:.3f} "
+                          f"({evaluation['task_verdict']})", highlight=False)  # fmt: skip
     else:
         message = (finished.get("error") or {}).get("message") or finished["status"]
         error(f"job {job_id} {finished['status']}: {message}")
@@ -169,7 +180,7 @@ def run(path: Path, base: str, suffix: str | None, validation: Path | None,
 
 async def _create(settings: Settings, tenant: str, path: Path, validation: Path | None,
                   base: str, suffix: str | None, hyper: dict[str, Any],
-                  seed: int | None) -> dict[str, Any]:  # fmt: skip
+                  seed: int | None, extra: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     from intramuros.forge.service import ForgeService
 
     async with context().open(settings) as platform:
@@ -189,6 +200,7 @@ async def _create(settings: Settings, tenant: str, path: Path, validation: Path 
             "model": base, "training_file": ids[0], "validation_file": ids[1],
             "suffix": suffix, "seed": seed,
             "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+            **extra,
         })  # fmt: skip
         job = await service.create(req, who)
         await service.checked()  # the data check runs as a task of the service
@@ -328,7 +340,8 @@ def cancel(job_id: str, tenant: str, **options: Any) -> None:
 @_tenant
 @_state
 def export(job_id: str, out: Path, tenant: str, **options: Any) -> None:
-    """Write a succeeded job's adapter GGUF and its lineage (JSON) into OUT."""
+    """Write a succeeded job's adapter GGUF (and merged GGUF, if made) and its lineage
+    (JSON) into OUT."""
     settings = load_options(options)
     try:
         jobs, tenant_id = _tenant_jobs(options, tenant)
@@ -343,9 +356,14 @@ def export(job_id: str, out: Path, tenant: str, **options: Any) -> None:
     out.mkdir(parents=True, exist_ok=True)
     name = (row.fine_tuned_model or job_id).replace(":", "_")
     shutil.copyfile(source, out / f"{name}.gguf")
+    written = [out / f"{name}.gguf"]
+    merged = source.with_name(MERGED)
+    if merged.is_file():
+        shutil.copyfile(merged, out / f"{name}.merged.gguf")
+        written.append(out / f"{name}.merged.gguf")
     lineage = (row.result or {}).get("lineage")
     (out / f"{name}.lineage.json").write_text(json.dumps(lineage, indent=2))
-    console.print(f"wrote {out / (name + '.gguf')} and its lineage", highlight=False)
+    console.print(f"wrote {', '.join(map(str, written))} and its lineage", highlight=False)
 
 
 @group.command("work")

@@ -21,6 +21,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from intramuros.bench.errors import SuiteError
+from intramuros.bench.scorers import ScorerOptionError
+from intramuros.bench.suite import ALL_OPTIONS, parse_item
+
 ROLES = ("system", "developer", "user", "assistant", "tool")
 # One line of a training file: long documents in a prompt are fine, a megabyte is not.
 MAX_LINE_BYTES = 512 * 1024
@@ -28,6 +32,10 @@ MAX_EXAMPLES = 100_000
 MAX_MESSAGES = 256
 MAX_LISTED = 100
 MIN_EXAMPLES = 1
+
+LINE_KEYS = ("messages", "tools", "parallel_tool_calls", "response_format")
+# Ours: a line may name how its answer is scored, as a bench suite's item does.
+TASK_KEYS = frozenset({"scorer", "expected", "max_tokens", "stop"}) | ALL_OPTIONS
 
 Tokenizer = Callable[[dict[str, Any]], tuple[list[int], list[bool]]]
 
@@ -54,6 +62,9 @@ class Chat:
     # Ours: the response format the model will be asked with (its instructions are part
     # of the prompt it is served with, so it is trained with them too).
     response_format: dict[str, Any] | None = None
+    # Ours: the line as a bench item (its prompt, expected answer and scorer), when it
+    # names a scorer: a validation line is then also scored as a task, before and after.
+    task: dict[str, Any] | None = None
 
 
 @dataclass
@@ -136,7 +147,7 @@ def _parse_line(number: int, raw: bytes, report: Report) -> Chat | None:
         return None
     before = report.problem_count
     for key in obj:
-        if key not in ("messages", "tools", "parallel_tool_calls", "response_format"):
+        if key not in LINE_KEYS and key not in TASK_KEYS:
             report.add(number, key, "Unknown field; a line has 'messages' and maybe 'tools'.")
     fmt = obj.get("response_format")
     if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") in (
@@ -159,9 +170,33 @@ def _parse_line(number: int, raw: bytes, report: Report) -> Chat | None:
     elif isinstance(messages[-1], dict) and messages[-1].get("role") != "assistant":
         report.add(number, f"messages[{len(messages) - 1}].role",
                    "The last message must be the assistant's.")  # fmt: skip
+    task = _task(number, obj, messages, report) if "scorer" in obj else None
     if report.problem_count != before:
         return None
-    return Chat(number, messages, tools, fmt if isinstance(fmt, dict) else None)
+    return Chat(number, messages, tools, fmt if isinstance(fmt, dict) else None, task)
+
+
+def _task(number: int, obj: dict[str, Any], messages: list[Any],
+          report: Report) -> dict[str, Any] | None:  # fmt: skip
+    """The line as a bench item: the conversation up to its last answer is the prompt,
+    the scorer and its options say how an answer is scored."""
+    prompt = messages[:-1]
+    if not all(isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+               and isinstance(m.get("content"), str) for m in prompt):  # fmt: skip
+        report.add(number, "scorer", "A scored line's prompt must be system, user and "
+                   "assistant messages of plain text.")  # fmt: skip
+        return None
+    item = {k: v for k, v in obj.items() if k in TASK_KEYS}
+    item |= {"id": str(number),
+             "messages": [{"role": m["role"], "content": m["content"]} for m in prompt]}
+    if obj.get("response_format") is not None:
+        item["response_format"] = obj["response_format"]
+    try:
+        parse_item(item)
+    except (SuiteError, ScorerOptionError) as exc:
+        report.add(number, "scorer", f"As a scored task: {exc}.")
+        return None
+    return item
 
 
 def _check_tools(number: int, tools: Any, report: Report) -> list[dict[str, Any]]:

@@ -19,18 +19,16 @@ cheap and may run outside the training worker.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import struct
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from intramuros.errors import InvalidRequest
+from intramuros.fsutil import atomic_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -217,7 +215,7 @@ def export_lora_gguf(
         weight: (a, _permute_rows(b, weight, *heads) if _suffix(weight) in PERMUTED else b)
         for weight, (a, b) in sorted(pairs.items())
     }
-    with _atomic(dest) as tmp:
+    with atomic_path(dest) as tmp:
         _write(tmp, arch, tensors, alpha=float(config["lora_alpha"]), name=name, license=license)
     return dest
 
@@ -301,20 +299,6 @@ def _check_shapes(
             f"Adapter shapes {a.shape} x {b.shape} do not fit '{weight}' ({n_out} x {n_in})",
             param="adapter",
         )
-
-
-@contextlib.contextmanager
-def _atomic(dest: Path) -> Iterator[Path]:
-    """A temporary path beside ``dest``, renamed onto it when the block succeeds."""
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        yield tmp
-        with open(tmp, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(tmp, dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            tmp.unlink()
 
 
 def _write(

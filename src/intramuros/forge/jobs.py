@@ -22,7 +22,12 @@ from sqlalchemy.engine import Connection
 
 from intramuros.errors import NotFound
 from intramuros.forge import protocol as p
-from intramuros.forge.tables import forge_checkpoints, forge_events, forge_jobs
+from intramuros.forge.tables import (
+    forge_checkpoints,
+    forge_events,
+    forge_jobs,
+    forge_tenant_locks,
+)
 from intramuros.platform.interface import UnitOfWork
 
 ACTIVE = ("validating_files", "validated", "queued", "running")
@@ -73,6 +78,12 @@ class JobRow:
     worker: str | None
     heartbeat: float | None
     attempts: int
+    suite: str | None = None
+
+
+def model_name(row: JobRow) -> str:
+    """The name the job's model is registered as: ``ft:<base>:<suffix>:<job>``."""
+    return row.fine_tuned_model or f"ft:{row.model}:{row.suffix or 'ft'}:{row.id}"
 
 
 _JSON = ("requested", "hyper", "metadata", "error", "report", "result")
@@ -106,10 +117,14 @@ class Jobs:
 
     # -- rows -------------------------------------------------------------------
 
-    def create(self, row: dict[str, Any]) -> None:
+    def create(self, row: dict[str, Any], admit: Callable[[Connection], None]) -> None:
+        """Store a new job once ``admit(conn)`` (the tenant's limits) has passed, both under
+        the tenant's lock row: two creates racing cannot both pass a limit."""
         values = {k: (json.dumps(v) if k in _JSON and v is not None else v)
                   for k, v in row.items()}  # fmt: skip
         with self.tables.begin() as conn:
+            _lock_tenant(conn, row["tenant"])
+            admit(conn)
             conn.execute(forge_jobs.insert().values(**values))
 
     def get(self, tenant: str | None, job_id: str) -> JobRow:
@@ -155,21 +170,22 @@ class Jobs:
         with self.tables.begin() as own:
             return bool(own.execute(query).rowcount)
 
-    def active_count(self, tenant: str) -> int:
-        with self.tables.begin() as conn:
-            return int(conn.execute(
-                sa.select(sa.func.count()).select_from(forge_jobs)
-                .where(forge_jobs.c.tenant == tenant, forge_jobs.c.status.in_(ACTIVE))
-            ).scalar_one())  # fmt: skip
+    @staticmethod
+    def active_count(conn: Connection, tenant: str) -> int:
+        """The tenant's jobs not yet finished."""
+        return int(conn.execute(
+            sa.select(sa.func.count()).select_from(forge_jobs)
+            .where(forge_jobs.c.tenant == tenant, forge_jobs.c.status.in_(ACTIVE))
+        ).scalar_one())  # fmt: skip
 
-    def tokens_since(self, tenant: str, since: float) -> int:
+    @staticmethod
+    def tokens_since(conn: Connection, tenant: str, since: float) -> int:
         """Tokens the tenant's jobs created since ``since`` will train (or trained)."""
-        with self.tables.begin() as conn:
-            rows = conn.execute(
-                sa.select(forge_jobs.c.trained_tokens, forge_jobs.c.report, forge_jobs.c.hyper)
-                .where(forge_jobs.c.tenant == tenant, forge_jobs.c.created_at >= since,
-                       forge_jobs.c.status != "cancelled")
-            ).all()  # fmt: skip
+        rows = conn.execute(
+            sa.select(forge_jobs.c.trained_tokens, forge_jobs.c.report, forge_jobs.c.hyper)
+            .where(forge_jobs.c.tenant == tenant, forge_jobs.c.created_at >= since,
+                   forge_jobs.c.status != "cancelled")
+        ).all()  # fmt: skip
         total = 0
         for trained, report, hyper in rows:
             if trained is not None:
@@ -231,6 +247,7 @@ class Jobs:
             conn.execute(forge_events.delete().where(forge_events.c.job_id.in_(ids)))
             conn.execute(forge_checkpoints.delete().where(forge_checkpoints.c.job_id.in_(ids)))
             conn.execute(forge_jobs.delete().where(forge_jobs.c.id.in_(ids)))
+        conn.execute(forge_tenant_locks.delete().where(forge_tenant_locks.c.tenant == tenant))
         return len(ids)
 
     # -- events and checkpoints ------------------------------------------------------
@@ -286,6 +303,19 @@ class Jobs:
         for r in rows:
             r["metrics"] = json.loads(r["metrics"])
         return rows[:limit], len(rows) > limit
+
+
+def _lock_tenant(conn: Connection, tenant: str) -> None:
+    """Create the tenant's lock row if needed, and hold it until the transaction ends."""
+    key = {"tenant": tenant}
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        conn.execute(pg_insert(forge_tenant_locks).values(**key).on_conflict_do_nothing())
+    else:  # SQLite: this write takes the database's write lock for the transaction
+        conn.execute(forge_tenant_locks.insert().prefix_with("OR IGNORE").values(**key))
+    conn.execute(sa.select(forge_tenant_locks.c.tenant)
+                 .where(forge_tenant_locks.c.tenant == tenant).with_for_update())  # fmt: skip
 
 
 def _event_seq(event_id: str) -> int:

@@ -96,6 +96,8 @@ class CreateJob(Request):
     job_type: Literal["completion"] | None = None
     # Ours: also write a standalone GGUF (the adapter merged into the base).
     merge: bool = False
+    # Ours: a bundled bench suite to score the model on, before and after training.
+    suite: str | None = Field(default=None, max_length=100)
 
     @field_validator("suffix")
     @classmethod

@@ -18,15 +18,19 @@ import logging
 import math
 import secrets
 import time
+from functools import partial
 from typing import Any
 
+from sqlalchemy.engine import Connection
+
+from intramuros.bench.suite import bundled_suites
 from intramuros.errors import IntramurosError, InvalidRequest, RateLimited
 from intramuros.files.errors import FileNotFound
 from intramuros.files.store import FileStore
 from intramuros.forge import data as checks
 from intramuros.forge import protocol as p
 from intramuros.forge.export import ARCHITECTURES
-from intramuros.forge.jobs import FINISHED_STATES, JobRow, Jobs
+from intramuros.forge.jobs import FINISHED_STATES, JobRow, Jobs, model_name
 from intramuros.forge.render import render_job
 from intramuros.forge.settings import ForgeSettings
 from intramuros.forge.supervisor import Supervisor
@@ -115,6 +119,12 @@ class ForgeService:
                 f"it knows {', '.join(sorted(ARCHITECTURES))}.",
                 param="model",
             )
+        if req.suite is not None and req.suite not in bundled_suites():
+            raise InvalidRequest(
+                f"'{req.suite[:100]}' is not a bench suite of this installation; one of "
+                f"{', '.join(sorted(bundled_suites()))}.",
+                param="suite",
+            )
         hp = _hyperparameters(req)
         seq_len = hp.seq_len or self.settings.forge_seq_len
         if seq_len > base.context_length:
@@ -125,7 +135,6 @@ class ForgeService:
             )
         del weights  # one file each: Mistral's weights only mix several, which we refuse
         files = await asyncio.to_thread(self._file_records, who.tenant, training, validation)
-        await asyncio.to_thread(self._check_limits, who.tenant)
         now = time.time()
         job_id = _new_id()
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
@@ -138,9 +147,9 @@ class ForgeService:
             "requested": hp.model_dump(exclude_none=True), "hyper": None, "seed": seed,
             "metadata": req.metadata, "merge": req.merge,
             "auto_start": req.auto_start is not False, "created_at": now, "modified_at": now,
-            "cancel_requested": False, "attempts": 0,
+            "cancel_requested": False, "attempts": 0, "suite": req.suite,
         }  # fmt: skip
-        await asyncio.to_thread(self.jobs.create, row)
+        await asyncio.to_thread(self.jobs.create, row, partial(self._check_limits, who.tenant))
         await asyncio.to_thread(self.jobs.event, job_id, "Validating training file: "
                                 + training)  # fmt: skip
         await self.platform.audit_event(
@@ -178,13 +187,13 @@ class ForgeService:
         assert out[0] is not None
         return out[0], out[1]
 
-    def _check_limits(self, tenant: str) -> None:
+    def _check_limits(self, tenant: str, conn: Connection) -> None:
         limit = self.settings.forge_max_active_jobs
-        if self.jobs.active_count(tenant) >= limit:
+        if self.jobs.active_count(conn, tenant) >= limit:
             raise RateLimited(f"This tenant has {limit} fine-tuning jobs not yet finished; "
                               "wait for one, or cancel one.", retry_after=60)  # fmt: skip
         monthly = self.settings.forge_monthly_trained_tokens
-        if monthly and self.jobs.tokens_since(tenant, _month_start()) >= monthly:
+        if monthly and self.jobs.tokens_since(conn, tenant, _month_start()) >= monthly:
             raise RateLimited(f"This tenant has used its {monthly:,} fine-tuning tokens of "
                               "the month.", retry_after=3600)  # fmt: skip
 
@@ -212,6 +221,7 @@ class ForgeService:
         lane = await self.platform.lane(row.model)
         engine = lane.engine
         sets: dict[str, list[tuple[list[int], list[bool]]]] = {}
+        tasks: list[dict[str, Any]] = []
         reports: dict[str, checks.Report] = {}
         for name, file_id in (("training", row.training_file), ("validation", row.validation_file)):
             if file_id is None:
@@ -219,6 +229,8 @@ class ForgeService:
             _record, raw = await asyncio.to_thread(self.files.read, row.tenant, file_id)
             report = checks.Report()
             chats = await asyncio.to_thread(checks.parse_file, raw, report)
+            if name == "validation":
+                tasks = [c.task for c in chats if c.task is not None]
 
             def tokenise(cancel: Any, chats: list[checks.Chat] = chats,
                          report: checks.Report = report) -> Any:  # fmt: skip
@@ -239,7 +251,7 @@ class ForgeService:
             report, hyper["n_epochs"], self.settings.forge_tokens_per_second, LOAD_SECONDS)
         planned = report.trained_tokens * hyper["n_epochs"]
         folder = job_dir(self.platform.settings.data_dir, row.tenant, row.id)
-        await asyncio.to_thread(write_examples, folder, sets)
+        await asyncio.to_thread(write_examples, folder, sets, tasks)
         wire = _reports(reports) | {"planned_tokens": planned}
         status = "queued" if row.auto_start else "validated"
         moved = await asyncio.to_thread(
@@ -323,7 +335,7 @@ class ForgeService:
         rows, more = await asyncio.to_thread(self.jobs.checkpoints, job_id, after, limit)
         data = [p.Checkpoint(
             id=r["id"], created_at=int(r["created_at"]), fine_tuning_job_id=job_id,
-            fine_tuned_model_checkpoint=f"{_model_name(row)}:ckpt-step-{r['step']}",
+            fine_tuned_model_checkpoint=f"{model_name(row)}:ckpt-step-{r['step']}",
             step_number=r["step"], metrics=r["metrics"]).model_dump()
             for r in rows]  # fmt: skip
         return {"object": "list", "data": data, "has_more": more,
@@ -387,10 +399,6 @@ def resolve(row: JobRow, report: checks.Report, seq_len: int) -> dict[str, Any]:
 
 def _reports(reports: dict[str, checks.Report]) -> dict[str, Any]:
     return {name: r.to_wire() for name, r in reports.items()}
-
-
-def _model_name(row: JobRow) -> str:
-    return row.fine_tuned_model or f"ft:{row.model}:{row.suffix or 'ft'}:{row.id}"
 
 
 def _new_id() -> str:

@@ -43,6 +43,11 @@ class ForgeSettings(BaseModel):
         default=20, ge=1,
         description="Forge: steps between the adapter checkpoints a job resumes from.",
     )
+    forge_eval_items: int = Field(
+        default=100, ge=0, le=10_000,
+        description="Forge: items of the job's bench suite (or scored validation lines) the "
+        "base and the fine-tuned model answer for the task score; 0: none.",
+    )
     forge_tokens_per_second: float = Field(
         default=120.0, gt=0,
         description="Forge: training speed assumed for duration estimates (tokens/s; "

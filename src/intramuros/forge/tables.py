@@ -47,6 +47,8 @@ forge_jobs = sa.Table(
     sa.Column("worker", sa.String(64), nullable=True),
     sa.Column("heartbeat", sa.Float, nullable=True),
     sa.Column("attempts", sa.Integer, nullable=False),
+    # The bundled bench suite the job is scored on, before and after training.
+    sa.Column("suite", sa.String(100), nullable=True),
     sa.Index("ix_forge_jobs_tenant_created", "tenant", "created_at"),
     sa.Index("ix_forge_jobs_status", "status"),
 )
@@ -76,6 +78,15 @@ forge_checkpoints = sa.Table(
 )
 
 
+# One row per tenant, locked while a job is created: the count of its unfinished jobs
+# and the insert happen under that lock, so two creates racing cannot both pass the limit.
+forge_tenant_locks = sa.Table(
+    "forge_tenant_locks",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+)
+
+
 def _create(conn: Connection) -> None:
     # A private copy: a later step that alters these tables must not change this one.
     frozen = sa.MetaData()
@@ -83,6 +94,19 @@ def _create(conn: Connection) -> None:
         table.to_metadata(frozen).create(conn)
 
 
+def _create_locks(conn: Connection) -> None:
+    frozen = sa.MetaData()
+    forge_tenant_locks.to_metadata(frozen).create(conn)
+    # A database made by the first step of an older version has no ``suite`` column yet.
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("forge_jobs")}
+    if "suite" not in columns:
+        conn.execute(sa.text("ALTER TABLE forge_jobs ADD COLUMN suite VARCHAR(100)"))
+
+
 def migrations() -> list[Migration]:
     """The fine-tuning area's steps."""
-    return area_steps("forge", 130, [("fine-tuning jobs, events, checkpoints", [_create])])
+    return area_steps("forge", 130, [
+        ("fine-tuning jobs, events, checkpoints", [_create]),
+        ("a lock row per tenant for the job limits; the suite a job is scored on",
+         [_create_locks]),
+    ])  # fmt: skip

@@ -30,12 +30,9 @@ import functools
 import hashlib
 import json
 import math
-import os
 import random
-import shutil
 import threading
 import time
-import uuid
 import warnings
 from array import array
 from collections.abc import Iterator, Sequence
@@ -44,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from intramuros.errors import ConfigError, InvalidRequest
+from intramuros.forge import checkpoints as ckpt
 from intramuros.forge.export import TARGETS, check_exportable
 
 if TYPE_CHECKING:
@@ -59,8 +57,6 @@ LOSS_WINDOW = 10  # steps averaged into the reported training loss
 MAX_GRAD_NORM = 1.0
 PAD_ID = 0  # any id: padding is masked out of both attention and loss
 CHECKPOINTS = "checkpoints"
-_STATE = "state.json"  # written last: a checkpoint without it is not one
-_STATE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -220,8 +216,8 @@ class _Run:
     def run(self) -> TrainResult:
         torch, _, _ = _forge()
         self.checkpoints.mkdir(parents=True, exist_ok=True)
-        _clear_partial(self.checkpoints)
-        _clear_partial(self.work_dir, "adapter")
+        ckpt.clear_partial(self.checkpoints)
+        ckpt.clear_partial(self.work_dir, "adapter")
         _seed_everything(self.hyper.seed)
         self.device = _device()
         self.model = _with_lora(_base_copy(self.base_gguf), self.hyper).to(self.device)
@@ -230,7 +226,7 @@ class _Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, functools.partial(_lr_factor, total=self.total)
         )
-        latest = _latest(self.checkpoints)
+        latest = ckpt.latest(self.checkpoints)
         if latest is not None:
             self._resume(latest)
         if self.before is None and self.held_out:
@@ -241,7 +237,7 @@ class _Run:
             _evaluate(self.model, self.held_out, self.hyper.batch_size) if self.held_out else None
         )
         adapter_dir = self.work_dir / "adapter"
-        _save_dir(adapter_dir, lambda tmp: _save_adapter(self.model, tmp))
+        ckpt.save_dir(adapter_dir, lambda tmp: _save_adapter(self.model, tmp))
         return TrainResult(
             adapter_dir, self.step, self.trained_tokens, self._train_loss(), self.before, after
         )
@@ -288,7 +284,7 @@ class _Run:
         """Write ``step-N`` whole or not at all, keep the newest few, then say so."""
         path = self.checkpoints / f"step-{self.step}"
         state = {
-            "version": _STATE_VERSION,
+            "version": ckpt.STATE_VERSION,
             "fingerprint": self.fingerprint,
             "step": self.step,
             "total": self.total,
@@ -296,10 +292,10 @@ class _Run:
             "losses": self.losses,
             "before": asdict(self.before) if self.before else None,
             "before_on": self.held_out_digest,
-            "rng": _rng_state(),
+            "rng": ckpt.rng_state(),
         }
-        _save_dir(path, functools.partial(_write_checkpoint, self, state))
-        _prune(self.checkpoints, KEEP_CHECKPOINTS)
+        ckpt.save_dir(path, functools.partial(_write_checkpoint, self, state))
+        ckpt.prune(self.checkpoints, KEEP_CHECKPOINTS)
         self.progress.on_checkpoint(self.step, path, self._train_loss())
 
     def _resume(self, path: Path) -> None:
@@ -308,7 +304,7 @@ class _Run:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        state = json.loads((path / _STATE).read_text())
+        state = json.loads((path / ckpt.STATE).read_text())
         if state.get("fingerprint") != self.fingerprint:
             raise InvalidRequest(
                 f"'{self.checkpoints}' holds checkpoints of another run (other data, model "
@@ -325,7 +321,7 @@ class _Run:
         if state["before"] and state.get("before_on") == self.held_out_digest:
             # Kept from the first start: the base's score on this very validation set.
             self.before = Metrics(**state["before"])
-        _set_rng_state(state["rng"], torch.load(path / "torch_rng.pt", weights_only=True))
+        ckpt.set_rng_state(state["rng"], torch.load(path / "torch_rng.pt", weights_only=True))
 
 
 def _write_checkpoint(run: _Run, state: dict[str, Any], tmp: Path) -> None:
@@ -335,8 +331,8 @@ def _write_checkpoint(run: _Run, state: dict[str, Any], tmp: Path) -> None:
     _save_adapter(run.model, tmp / "adapter")
     torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(run.scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(_torch_rng(), tmp / "torch_rng.pt")
-    (tmp / _STATE).write_text(json.dumps(state))
+    torch.save(ckpt.torch_rng(), tmp / "torch_rng.pt")
+    (tmp / ckpt.STATE).write_text(json.dumps(state))
 
 
 # -- data ------------------------------------------------------------------------
@@ -588,42 +584,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rng_state() -> dict[str, Any]:
-    """Python's and numpy's generator states, as JSON."""
-    import numpy as np
-
-    version, internal, gauss = random.getstate()
-    numpy_state: Any = np.random.get_state(legacy=True)
-    name, keys, pos, has_gauss, cached = numpy_state
-    return {
-        "python": [version, list(internal), gauss],
-        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
-    }
-
-
-def _torch_rng() -> dict[str, Any]:
-    """PyTorch's generator states: dropout draws from them."""
-    import torch
-
-    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], torch_state: dict[str, Any]) -> None:
-    import numpy as np
-    import torch
-
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(torch_state["cpu"])
-    if "cuda" in torch_state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(torch_state["cuda"])
-
-
 def _fingerprint(base_gguf: Path, data: list[Example], hyper: Hyper) -> str:
     """What a checkpoint must match to be resumed: the model, the data and every knob
     that shapes the result (not the thread count or the checkpoint interval)."""
@@ -640,78 +600,6 @@ def _digest(examples: list[Example], salt: str = "") -> str:
         digest.update(array("q", example.ids).tobytes())
         digest.update(bytes(example.train))
     return digest.hexdigest()
-
-
-# -- checkpoints on disk -------------------------------------------------------------
-
-
-def _step_of(path: Path) -> int | None:
-    """N for a complete ``step-N`` directory, else None."""
-    prefix, _, number = path.name.partition("-")
-    if prefix != "step" or not number.isdigit() or not (path / _STATE).is_file():
-        return None
-    return int(number)
-
-
-def _complete(checkpoints: Path) -> list[tuple[int, Path]]:
-    found = ((_step_of(p), p) for p in checkpoints.iterdir() if p.is_dir())
-    return sorted((step, p) for step, p in found if step is not None)
-
-
-def _latest(checkpoints: Path) -> Path | None:
-    done = _complete(checkpoints)
-    return done[-1][1] if done else None
-
-
-def _prune(checkpoints: Path, keep: int) -> None:
-    for _, path in _complete(checkpoints)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _clear_partial(folder: Path, name: str = "") -> None:
-    """Remove what a crash mid-write left in ``folder``: the temporary directories of
-    :func:`_save_dir` for ``name`` (any name: the checkpoints folder is ours alone)."""
-    for path in folder.iterdir():
-        if path.name.startswith((f".tmp-{name}", f".tmp-old-{name}")):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _save_dir(dest: Path, write: Any) -> None:
-    """Fill a temporary directory with ``write(tmp)``, make it durable, rename it onto
-    ``dest``: a crash at any point leaves either the old ``dest`` or the new one."""
-    tmp = dest.parent / f".tmp-{dest.name}-{uuid.uuid4().hex}"
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-        _fsync_tree(tmp)
-        if dest.exists():
-            # A directory cannot be renamed onto a non-empty one: move the old aside.
-            old = dest.parent / f".tmp-old-{dest.name}-{uuid.uuid4().hex}"
-            dest.rename(old)
-            tmp.rename(dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(dest)
-        _fsync_dir(dest.parent)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-    for path in [root, *(p for p in root.rglob("*") if p.is_dir())]:
-        _fsync_dir(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _check_hyper(hyper: Hyper) -> None:

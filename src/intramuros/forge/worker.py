@@ -28,13 +28,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from intramuros.catalog.records import AdapterSpec
 from intramuros.errors import IntramurosError
 from intramuros.files.store import FileStore
-from intramuros.forge.jobs import JobRow, Jobs, worker_id
+from intramuros.forge.jobs import JobRow, Jobs, model_name, worker_id
 from intramuros.forge.settings import ForgeSettings
 from intramuros.forge.supervisor import SETTINGS_ENV, lock_path
-from intramuros.forge.workdir import ADAPTER, EXAMPLES, job_dir, read_examples
-from intramuros.platform.interface import AdapterSpec
+from intramuros.forge.workdir import ADAPTER, EXAMPLES, MERGED, job_dir, read_examples
 from intramuros.platform.worker import WorkerInstallation
 from intramuros.settings import Settings, load_settings, section
 
@@ -72,6 +72,7 @@ class _Progress:
     def __init__(self, jobs: Jobs, row: JobRow) -> None:
         self.jobs, self.row = jobs, row
         self.losses: list[tuple[int, float]] = []
+        self.beat = time.time()
 
     def on_step(self, step: int, total: int, loss: float, tokens_per_second: float,
                 eta_seconds: float) -> None:  # fmt: skip
@@ -90,6 +91,12 @@ class _Progress:
         self.jobs.event(self.row.id, f"Checkpoint written at step {step}.")
 
     def should_stop(self) -> bool:
+        """Whether the job was cancelled; also the worker's sign of life between steps (the
+        task score asks between items)."""
+        now = time.time()
+        if now - self.beat > 10:
+            self.beat = now
+            self.jobs.update(self.row.id, when=("running",), heartbeat=now)
         return self.jobs.get(None, self.row.id).cancel_requested
 
 
@@ -138,7 +145,7 @@ def run_job(home: WorkerInstallation, jobs: Jobs, row: JobRow, forge: ForgeSetti
     resumed = row.attempts > 1
     jobs.event(row.id, "Resuming from the last checkpoint." if resumed else "Training started.")
     try:
-        finish(home, jobs, row, train_job(home, jobs, row, forge))
+        finish(home, jobs, row, train_job(home, jobs, row, forge), forge)
     except JobFailed as exc:
         fail(home, jobs, row, exc.code, exc.message, exc.param)
     except IntramurosError as exc:
@@ -185,16 +192,18 @@ def train_job(home: WorkerInstallation, jobs: Jobs, row: JobRow,
     except trainer.Cancelled:
         raise JobFailed("cancelled", "Cancelled.") from None
     return {"result": result, "losses": progress.losses, "base_path": path,
-            "versions": trainer.library_versions(), "hyper": settings}  # fmt: skip
+            "versions": trainer.library_versions(), "hyper": settings,
+            "tasks": sets.get("tasks", []), "progress": progress}  # fmt: skip
 
 
-def finish(home: WorkerInstallation, jobs: Jobs, row: JobRow, made: dict[str, Any]) -> None:
-    """Export the adapter, register the model, record it: the job has succeeded."""
+def finish(home: WorkerInstallation, jobs: Jobs, row: JobRow, made: dict[str, Any],
+           forge: ForgeSettings) -> None:  # fmt: skip
+    """Export the adapter, score it, register the model, record it: the job has succeeded."""
     from intramuros.forge.export import export_lora_gguf
 
     result = made["result"]
     folder = job_dir(home.settings.data_dir, row.tenant, row.id)
-    name = f"ft:{row.model}:{row.suffix or 'ft'}:{row.id}"
+    name = model_name(row)
     base = home.model_record(row.model)
     adapter = export_lora_gguf(result.adapter_dir, made["base_path"], folder / ADAPTER,
                                name=name, license=base.license)  # fmt: skip
@@ -210,6 +219,13 @@ def finish(home: WorkerInstallation, jobs: Jobs, row: JobRow, made: dict[str, An
         else "better than its base on the validation file" if result.after is not None
         else "no validation file"
     )
+    task = _task_score(home, jobs, row, base, adapter, name, made, forge)
+    if task is not None:
+        evaluation["task"] = task.to_wire()
+        evaluation["task_verdict"] = (
+            f"worse than its base on {task.source}" if task.after < task.before
+            else f"as good as its base on {task.source}" if task.after == task.before
+            else f"better than its base on {task.source}")  # fmt: skip
     lineage = {
         "job": row.id, "base": row.model, "base_sha256": row.base_sha256,
         "training_file": row.training_file, "training_sha256": row.training_sha256,
@@ -218,29 +234,73 @@ def finish(home: WorkerInstallation, jobs: Jobs, row: JobRow, made: dict[str, An
         "libraries": made["versions"], "adapter_sha256": sha, "trained_tokens":
         result.trained_tokens,
     }  # fmt: skip
+    merged = _merge(jobs, row, made["base_path"], adapter, folder, name) if row.merge else None
     results = _results_file(home, row, made["losses"], evaluation)
     home.add_adapter(AdapterSpec(
         path=adapter, name=name, base=row.model, license=base.license,
         description=f"Fine-tuned from {row.model} by job {row.id}.", owner=row.tenant,
         lineage=lineage, replace=True))  # fmt: skip
+    made_files: dict[str, dict[str, str | None]] = {"adapter": {"model": name, "sha256": sha}}
+    if merged is not None:
+        record = home.add_merged(merged, name=f"{name}:merged", license=base.license,
+                                 owner=row.tenant, lineage=lineage)  # fmt: skip
+        made_files["merged"] = {"model": record.name, "sha256": record.sha256}
     now = time.time()
     with home.tables.begin() as conn:
         moved = jobs.update(
             row.id, when=("running",), conn=conn, status="succeeded", finished_at=now,
             fine_tuned_model=name, trained_tokens=result.trained_tokens, cancel_requested=False,
             result={"evaluation": evaluation, "lineage": lineage, "sha256": sha,
-                    "result_files": [results] if results else []},
+                    "files": made_files, "result_files": [results] if results else []},
         )  # fmt: skip
         if moved:
-            jobs.event(row.id, f"Job succeeded: {name}.", conn=conn)
+            jobs.event(row.id, f"Job succeeded: {name}"
+                       + (f" (and {name}:merged, a standalone GGUF)." if merged else "."),
+                       conn=conn)  # fmt: skip
             if worse:
                 after, before = result.after.loss, result.before.loss
                 jobs.event(row.id, "The fine-tuned model does worse than its base on the "
                            f"validation file (loss {after:.4f} vs {before:.4f}).",
                            level="warn", conn=conn)  # fmt: skip
+            if task is not None:
+                jobs.event(row.id, f"Task score on {task.source} ({task.items} items): "
+                           f"{task.after:.3f} fine-tuned, {task.before:.3f} base"
+                           + (": the fine-tuned model does WORSE than its base."
+                              if task.after < task.before else "."),
+                           level="warn" if task.after < task.before else "info",
+                           data=task.to_wire(), conn=conn)  # fmt: skip
     home.auditor.append("fine_tune", tenant=row.tenant, key_id=row.key_id, subject=None,
                         data={"action": "succeeded", "job": row.id, "model": name,
                               "lineage": lineage})  # fmt: skip
+
+
+def _merge(jobs: Jobs, row: JobRow, base_path: Path, adapter: Path, folder: Path,
+           name: str) -> Path:  # fmt: skip
+    """The adapter merged into its base: a standalone GGUF, beside the adapter."""
+    from intramuros.forge.merge import merge_gguf
+
+    jobs.event(row.id, "Merging the adapter into the base (a standalone GGUF).")
+    return merge_gguf(base_path, adapter, folder / MERGED, name=f"{name}:merged")
+
+
+def _task_score(home: WorkerInstallation, jobs: Jobs, row: JobRow, base: Any, adapter: Path,
+                name: str, made: dict[str, Any], forge: ForgeSettings) -> Any:  # fmt: skip
+    """The base and the fine-tuned model scored on the job's task, if it names one."""
+    from intramuros.forge import evaluate
+
+    if forge.forge_eval_items == 0:
+        return None
+    tasks = evaluate.tasks_for(row.suite, made["tasks"], forge.forge_eval_items)
+    if tasks is None:
+        return None
+    jobs.event(row.id, f"Scoring the base and the fine-tuned model on {len(tasks.items)} "
+               f"items of {tasks.source}.")  # fmt: skip
+    tuned = base.model_copy(update={"name": name, "path": str(adapter), "base": row.model})
+    try:
+        return evaluate.score_models(base, tuned, home.settings, tasks,
+                                     made["progress"].should_stop)  # fmt: skip
+    except evaluate.Stopped:
+        raise JobFailed("cancelled", "Cancelled.") from None
 
 
 def fail(home: WorkerInstallation, jobs: Jobs, row: JobRow, code: str, message: str,
@@ -262,8 +322,12 @@ def fail(home: WorkerInstallation, jobs: Jobs, row: JobRow, code: str, message: 
                             data={"action": "failed", "job": row.id, "code": code})  # fmt: skip
     # Nothing half-made is left to be served: the adapter file goes with the failure.
     folder = job_dir(home.settings.data_dir, row.tenant, row.id)
-    with contextlib.suppress(OSError):
-        (folder / ADAPTER).unlink()
+    for made in (ADAPTER, MERGED):
+        with contextlib.suppress(OSError):
+            (folder / made).unlink()
+    name = model_name(row)
+    for registered in (f"{name}:merged", name):
+        home.forget_model(registered)
 
 
 def _results_file(home: WorkerInstallation, row: JobRow, losses: list[tuple[int, float]],

@@ -18,14 +18,13 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Connection
 
-from intramuros.catalog.records import ModelRecord
+from intramuros.catalog.records import AdapterSpec, ModelRecord
 from intramuros.engines.base import Engine
 from intramuros.gate.policy import TenantPolicy
 from intramuros.gate.tenants import Principal
@@ -46,20 +45,6 @@ class AuditEvent:
     key_id: str | None
     subject: str | None
     data: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class AdapterSpec:
-    """A LoRA adapter to register (see :meth:`Platform.add_adapter`)."""
-
-    path: Path
-    name: str
-    base: str
-    license: str = "unknown"
-    description: str = ""
-    owner: str | None = None
-    lineage: Mapping[str, Any] = field(default_factory=dict)
-    replace: bool = False
 
 
 class UnitOfWork(Protocol):

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from intramuros.catalog.records import ModelRecord
-from intramuros.platform.interface import AdapterSpec, Auditor, UnitOfWork
+from intramuros.catalog.records import AdapterSpec, ModelRecord
+from intramuros.platform.interface import Auditor, UnitOfWork
 from intramuros.settings import Settings
 from intramuros.store.db import Database
 
@@ -79,11 +81,27 @@ class WorkerInstallation:
         """Register a LoRA adapter GGUF (as ``Platform.add_adapter``)."""
         from intramuros.catalog.catalog import Catalog
 
-        return Catalog(self._db, self.settings).add_adapter(
-            adapter.path, name=adapter.name, base=adapter.base, license=adapter.license,
-            description=adapter.description, owner=adapter.owner,
-            lineage=dict(adapter.lineage), replace=adapter.replace,
-        )  # fmt: skip
+        return Catalog(self._db, self.settings).register_adapter(adapter)
+
+    def add_merged(self, path: Path, *, name: str, license: str, owner: str | None,
+                   lineage: dict[str, Any]) -> ModelRecord:  # fmt: skip
+        """Register a standalone GGUF made from a model of the catalogue (an adapter
+        merged into its base), kept to ``owner``, with its lineage."""
+        from intramuros.catalog.catalog import Catalog
+
+        return Catalog(self._db, self.settings).add_file(
+            path, name=name, license=license, owner=owner, lineage=lineage, replace=True)
+
+    def forget_model(self, name: str) -> bool:
+        """Take a model this worker registered out of the catalogue; whether it was there."""
+        from intramuros.catalog.catalog import Catalog
+        from intramuros.errors import ModelNotFound
+
+        try:
+            Catalog(self._db, self.settings).remove(name)
+        except ModelNotFound:
+            return False
+        return True
 
     def close(self) -> None:
         """Close the database's connections."""

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Connection
 
 from intramuros.catalog.catalog import Catalog
-from intramuros.catalog.records import ModelRecord
+from intramuros.catalog.records import AdapterSpec, ModelRecord
 from intramuros.engines.base import Engine
 from intramuros.errors import ConfigError, IntramurosError, NotFound
 from intramuros.gate import scope
@@ -37,7 +37,7 @@ from intramuros.meter.energy import EnergyMeter, open_sources
 from intramuros.meter.metrics import Metrics
 from intramuros.meter.price import PriceModel
 from intramuros.platform.call import CallMeter
-from intramuros.platform.interface import AdapterSpec, AuditEvent, Auditor, UnitOfWork
+from intramuros.platform.interface import AuditEvent, Auditor, UnitOfWork
 from intramuros.protocol import openai as p
 from intramuros.serving.admission import Admission
 from intramuros.serving.chat import ChatService
@@ -282,11 +282,7 @@ class InferenceService:
 
     async def add_adapter(self, adapter: AdapterSpec) -> ModelRecord:
         """Register a LoRA adapter GGUF on its base; served from the next request."""
-        return await asyncio.to_thread(
-            self.catalog.add_adapter, adapter.path, name=adapter.name, base=adapter.base,
-            license=adapter.license, description=adapter.description, owner=adapter.owner,
-            lineage=dict(adapter.lineage), replace=adapter.replace,
-        )  # fmt: skip
+        return await asyncio.to_thread(self.catalog.register_adapter, adapter)
 
     async def remove_model(self, name: str) -> None:
         """Take a model out of the catalogue (a running server lets it go within a second)."""
