@@ -203,6 +203,9 @@ def test_a_scored_validation_file_and_a_merged_gguf(forge: Server) -> None:
     assert card["intramuros"]["lineage"]["job"] == job.id
     assert card["intramuros"]["lineage"]["metrics"]["task"]["after"] == task["after"]
     assert "ZQX" in _chat(forge, merged), _chat(forge, merged)
+    made = done["intramuros"]["files"]
+    assert made["merged"]["model"] == merged and made["adapter"]["model"] == name
+    assert made["merged"]["sha256"] == card["intramuros"]["sha256"]
     assert merged not in [m.id for m in forge.openai("other").models.list().data]
     r = forge.http.post("/v1/chat/completions", headers=forge.headers("other"), json={
         "model": merged, "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip

@@ -254,7 +254,8 @@ def test_a_recording_longer_than_a_block_is_transcribed_whole(
     assert result.duration is not None and 130 < result.duration < 170, result.duration
     assert [s.id for s in segments] == list(range(len(segments)))
     assert all(a.start <= b.start for a, b in itertools.pairwise(segments))
-    assert all(0 <= s.start <= s.end <= result.duration + 0.1 for s in segments)
+    assert all(0 <= s.start <= s.end <= result.duration + 0.1 for s in segments), [
+        (s.start, s.end) for s in segments]
     assert any(s.start > result.duration - 12 for s in segments), "nothing from the second block"
     assert wer(" ".join(LONG_SENTENCES), result.text) <= 0.3, result.text
     page = httpx.get(voice.base_url + "/v1/admin/ledger", params={"limit": 1000},

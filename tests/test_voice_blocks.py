@@ -37,6 +37,7 @@ from intramuros.voice.blocks import (
     BlockRun,
     blocks,
     quiet_point,
+    shifted,
     transcribe_blocks,
 )
 from intramuros.voice.errors import AudioTooLong, DecodingStopped
@@ -187,6 +188,28 @@ def test_segments_of_every_block_are_timed_from_the_start_of_the_recording() -> 
     assert [p.language for _, p in engine.calls] == [None, None, "de", "de"]
     assert {p.prompt for _, p in engine.calls} == {"Glossar: Vertrag"}
     assert (run.language, run.heard, run.blocks, run.speech_seconds) == ("de", True, 4, 4.5)
+
+
+def test_times_past_the_end_of_a_block_are_kept_within_it() -> None:
+    """Whisper pads its last window with silence and may time the last words past the
+    end of the audio: no segment or word may end after its block (nor the recording)."""
+    block = Block(SAMPLE_RATE * 120, np.zeros(SAMPLE_RATE * 10, dtype=np.float32))
+    words = (TranscriptWord(8.0, 9.5, " late", 0.9), TranscriptWord(10.4, 11.2, " gone", 0.5))
+    seg = TranscriptSegment(id=3, seek=0, start=8.0, end=11.2, text=" late gone", tokens=(1,),
+                            avg_logprob=-0.1, compression_ratio=1.0, no_speech_prob=0.0,
+                            temperature=0.0, words=words)  # fmt: skip
+    out = shifted(seg, block, 7)
+    assert (out.id, out.start, out.end) == (7, 128.0, 130.0)
+    assert [(w.start, w.end) for w in out.words] == [(128.0, 129.5), (130.0, 130.0)]
+    # The first block too (no offset), and an end before the start is lifted to it.
+    first = Block(0, np.zeros(SAMPLE_RATE * 5, dtype=np.float32))
+    word = TranscriptWord(4.5, 6.0, " x", 0.9)
+    odd = TranscriptSegment(id=0, seek=0, start=4.0, end=3.0, text=" x", tokens=(1,),
+                            avg_logprob=-0.1, compression_ratio=1.0, no_speech_prob=0.0,
+                            temperature=0.0, words=(word,))  # fmt: skip
+    fixed = shifted(odd, first, 0)
+    assert (fixed.start, fixed.end) == (4.0, 4.0)
+    assert [(w.start, w.end) for w in fixed.words] == [(4.5, 5.0)]
 
 
 def test_a_cancelled_transcription_stops_between_blocks() -> None:

@@ -26,6 +26,7 @@ def render_job(row: JobRow) -> dict[str, Any]:
         "report": row.report, "evaluation": result.get("evaluation"),
         "lineage": result.get("lineage"), "hyperparameters": hyper or None,
         "cancel_requested": row.cancel_requested, "adapter_sha256": result.get("sha256"),
+        "files": result.get("files"),
     }  # fmt: skip
     error = p.JobError(**row.error) if row.error else None
     if row.dialect == "mistral":

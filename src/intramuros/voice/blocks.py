@@ -178,10 +178,22 @@ def transcribe_blocks(
 
 
 def shifted(seg: TranscriptSegment, block: Block, index: int) -> TranscriptSegment:
-    """``seg`` of ``block`` with times from the start of the recording and id ``index``."""
-    if not block.start and seg.id == index:
-        return seg
+    """``seg`` of ``block`` with times from the start of the recording and id ``index``.
+
+    Times are kept within the block: Whisper reads audio in 30-second windows padded with
+    silence, and now and then times the last words of a recording past its end.
+    """
     offset = block.offset
-    words = tuple(replace(w, start=w.start + offset, end=w.end + offset) for w in seg.words)
+    last = offset + len(block.samples) / SAMPLE_RATE
+
+    def within(start: float, end: float) -> tuple[float, float]:
+        start = min(max(start + offset, offset), last)
+        return start, min(max(end + offset, start), last)
+
+    words = []
+    for w in seg.words:
+        w_start, w_end = within(w.start, w.end)
+        words.append(replace(w, start=w_start, end=w_end))
+    start, end = within(seg.start, seg.end)
     return replace(seg, id=index, seek=seg.seek + block.start * FRAMES_PER_SECOND // SAMPLE_RATE,
-                   start=seg.start + offset, end=seg.end + offset, words=words)  # fmt: skip
+                   start=start, end=end, words=tuple(words))  # fmt: skip
