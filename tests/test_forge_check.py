@@ -164,7 +164,13 @@ def test_a_line_that_names_a_scorer_is_also_a_task() -> None:
 @pytest.mark.parametrize(("task", "says"), [
     ({"scorer": "bogus"}, "scorer must be one of"),
     ({"expected": None, "scorer": "numeric"}, "expected"),
-    ({"scorer": "regex", "expected": "(unclosed"}, "regex"),
+    ({"scorer": "regex", "expected": "(unclosed"}, "regular expressions"),
+    # A tenant's pattern would run in the shared worker: (a+)+$ backtracks for ever.
+    ({"scorer": "regex", "expected": "(a+)+$"}, "regular expressions"),
+    ({"scorer": "json_schema", "expected": {}, "schema": {"type": "object", "properties": {
+        "x": {"anyOf": [{"type": "string", "pattern": "(a+)+$"}]}}}}, "regular expressions"),
+    ({"scorer": "json_schema", "expected": {}, "schema": {
+        "patternProperties": {"(a+)+$": {}}}}, "regular expressions"),
     ({"scorer": "choice", "choices": "Paris"}, "choices"),
     ({"scorer": "exact", "fields": ["x"]}, "do not apply"),
     ({"scorer": "exact", "max_tokens": 10**6}, "max_tokens"),

@@ -186,6 +186,14 @@ def _task(number: int, obj: dict[str, Any], messages: list[Any],
         report.add(number, "scorer", "A scored line's prompt must be system, user and "
                    "assistant messages of plain text.")  # fmt: skip
         return None
+    # The tenant's own patterns would be matched by Python's backtracking ``re`` in the
+    # training worker, which one job at a time per machine shares: a pattern written to
+    # backtrack forever would stall every tenant's fine-tuning.
+    if obj.get("scorer") == "regex" or _has_pattern(obj.get("schema")):
+        report.add(number, "scorer", "A scored line may not use regular expressions (the "
+                   "regex scorer, or 'pattern' in a schema); use exact, contains, choice, "
+                   "numeric or json_schema without patterns.")  # fmt: skip
+        return None
     item = {k: v for k, v in obj.items() if k in TASK_KEYS}
     item |= {"id": str(number),
              "messages": [{"role": m["role"], "content": m["content"]} for m in prompt]}
@@ -197,6 +205,20 @@ def _task(number: int, obj: dict[str, Any], messages: list[Any],
         report.add(number, "scorer", f"As a scored task: {exc}.")
         return None
     return item
+
+
+def _has_pattern(schema: Any) -> bool:
+    """Whether a JSON schema holds a regular expression anywhere (walked without recursion)."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "pattern" in node or "patternProperties" in node:
+                return True
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
 
 
 def _check_tools(number: int, tools: Any, report: Report) -> list[dict[str, Any]]:

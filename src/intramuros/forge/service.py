@@ -119,10 +119,11 @@ class ForgeService:
                 f"it knows {', '.join(sorted(ARCHITECTURES))}.",
                 param="model",
             )
-        if req.suite is not None and req.suite not in bundled_suites():
+        suites = bundled_suites() if req.suite is not None else {}
+        if req.suite is not None and req.suite not in suites:
             raise InvalidRequest(
                 f"'{req.suite[:100]}' is not a bench suite of this installation; one of "
-                f"{', '.join(sorted(bundled_suites()))}.",
+                f"{', '.join(sorted(suites))}.",
                 param="suite",
             )
         hp = _hyperparameters(req)
