@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import gc
+import inspect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
 from intramuros import __version__
 from intramuros.api import errors
+from intramuros.api.lean import LeanDispatch, lean_routes
 from intramuros.api.lifecycle import PurgeSchedule, guard_egress
 from intramuros.api.middleware import BodyLimitMiddleware
 from intramuros.api.routes import admin, health, inference, models
@@ -17,6 +20,13 @@ from intramuros.platform.plugin import Workload, WorkloadPlugin, installed_workl
 from intramuros.router.service import RouterService
 from intramuros.serving.service import InferenceService
 from intramuros.settings import Settings
+
+# FastAPI's OpenTelemetry bridge looks for a configured provider on every request. Nothing
+# here exports telemetry (nothing leaves the building; /metrics is ours): off, where the
+# installed FastAPI has it.
+_NO_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {})
 
 
 def build_workloads(
@@ -68,6 +78,7 @@ def create_app(settings: Settings, service: InferenceService | None = None) -> F
         version=__version__,
         description="OpenAI/Mistral-compatible API on open models, within your walls.",
         lifespan=lifespan,
+        **_NO_TELEMETRY,
     )
     # No 307 to the slash-less path: an API answers the path it was asked, or 404.
     app.router.redirect_slashes = False
@@ -76,16 +87,15 @@ def create_app(settings: Settings, service: InferenceService | None = None) -> F
     app.state.workloads = workloads
     app.state.router = routing
     errors.install(app)
-    app.include_router(health.router)
-    app.include_router(models.router)
-    app.include_router(inference.router)
-    app.include_router(admin.router)
-    for plugin in plugins:
-        for router in plugin.routers():
-            app.include_router(router)
+    routers = [health.router, models.router, inference.router, admin.router]
+    routers += [router for plugin in plugins for router in plugin.routers()]
+    for router in routers:
+        app.include_router(router)
     path_limits: dict[str, int] = {}
     for workload in workloads.values():
         path_limits.update(workload.body_limits)
+    # Added first, so it runs inside the body limit: it sees bodies already bounded.
+    app.add_middleware(LeanDispatch, routes=lean_routes(routers))
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, path_limits=path_limits,
                        max_json_values=settings.max_json_values)
     return app

@@ -34,6 +34,14 @@ def error_response(exc: IntramurosError) -> JSONResponse:
     return JSONResponse(error_body(exc), status_code=exc.status, headers=exc.headers or None)
 
 
+def answer_error(request: Request, exc: IntramurosError) -> JSONResponse:
+    """Our error's answer to ``request`` (a server error is logged first)."""
+    if isinstance(exc, ServerError):
+        log.error("%s %s -> %s: %s", request.method, request.url.path, exc.status,
+                  exc.message)  # fmt: skip
+    return error_response(exc)
+
+
 def param_of(loc: tuple[Any, ...]) -> str | None:
     """``("body", "messages", 0, "content")`` -> ``"messages[0].content"``."""
     parts = [x for x in loc if x != "body"]
@@ -95,10 +103,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(IntramurosError)
     async def _ours(request: Request, exc: IntramurosError) -> JSONResponse:
-        if isinstance(exc, ServerError):
-            log.error("%s %s -> %s: %s", request.method, request.url.path, exc.status,
-                      exc.message)  # fmt: skip
-        return error_response(exc)
+        return answer_error(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

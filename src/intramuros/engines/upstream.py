@@ -42,6 +42,7 @@ from intramuros.engines.base import (
     SamplingParams,
     Usage,
 )
+from intramuros.engines.http11 import Answer, LeanHTTP
 from intramuros.engines.upstream_answers import (
     StreamState,
     error_object,
@@ -190,6 +191,10 @@ class OpenAIUpstreamEngine(Engine):
         pool = UpstreamPool(self.base_urls, client, name=self.record.name,
                             max_failures=self.settings.upstream_max_failures,
                             probe_seconds=self.settings.upstream_probe_seconds)  # fmt: skip
+        for member in pool.members:
+            if member.url.startswith("http://"):
+                member.lean = LeanHTTP(member.url, headers, timeout=timeout,
+                                       connect_timeout=min(timeout, 10.0))  # fmt: skip
         self._pool = pool
         down = [m for m in pool.members if not pool.probe(m)]
         if len(down) == len(pool.members):
@@ -323,11 +328,18 @@ class OpenAIUpstreamEngine(Engine):
         attempts = self._attempts()
         with closing(attempts):
             for member in attempts:
+                response: httpx.Response | Answer
                 try:
-                    response = member.client.post(path, json=body)
+                    response = (member.lean.post_json(path, body) if member.lean is not None
+                                else member.client.post(path, json=body))  # fmt: skip
                 except httpx.HTTPError as exc:
                     error = self._transport_failure(member, exc)
                     continue
+                if isinstance(response, Answer):
+                    if response.status_code < 400:
+                        pool.succeeded(member)
+                        return self._json_object(response)
+                    response = response.as_httpx()  # errors are read by httpx's rules
                 retry = self._retryable(member, response)
                 if retry is not None:
                     error = retry
@@ -335,15 +347,18 @@ class OpenAIUpstreamEngine(Engine):
                 pool.succeeded(member)
                 if response.status_code >= 400:
                     raise self._status_error(response, member)
-                try:
-                    data = response.json()
-                except ValueError:
-                    data = None
-                if not isinstance(data, dict):
-                    raise self._malformed()
-                return data
+                return self._json_object(response)
         assert error is not None
         raise error
+
+    def _json_object(self, response: httpx.Response | Answer) -> dict[str, Any]:
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise self._malformed()
+        return data
 
     @contextmanager
     def _open(self, path: str, body: dict[str, Any]) -> Iterator[httpx.Response]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import httpx
 
 from intramuros.engines.base import EngineStat
+from intramuros.engines.http11 import LeanHTTP
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ class Member:
 
     url: str
     client: httpx.Client
+    # Whole JSON calls to a plain-HTTP upstream (engines/http11.py); None: httpx for all.
+    lean: LeanHTTP | None = None
     outstanding: int = 0
     failures: int = 0  # in a row
     in_service: bool = True
@@ -147,6 +150,8 @@ class UpstreamPool:
         self._closed.set()
         for member in self.members:
             member.client.close()
+            if member.lean is not None:
+                member.lean.close()
 
     # -- metrics -----------------------------------------------------------------
 

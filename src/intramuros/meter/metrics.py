@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,6 +25,31 @@ EngineStats = Callable[[], Iterable[tuple[str, list[EngineStat]]]]
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+# A model label is a model's name only once a call has reached that model: a request
+# naming a model that does not exist is counted under OTHER_MODEL, so that a caller cannot
+# grow the metrics (each series is memory, and /metrics output) with made-up names.
+OTHER_MODEL = "other"
+MAX_MODEL_LABELS = 1024
+_MAX_CACHED_SERIES = 8192
+
+
+@dataclass(frozen=True)
+class CallSeries:
+    """The metric series one call updates (looked up once per route, model, status and
+    energy source: ``labels()`` is a lock and a tuple per metric, on every call)."""
+
+    requests: Any
+    latency: Any
+    energy: Any
+    cpu_seconds: Any
+    cost: Any
+    co2e: Any
+    prompt_tokens: Any
+    completion_tokens: Any
+    ttft: Any
+    queue_wait: Any
 
 
 class Metrics:
@@ -104,9 +132,45 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self._model_labels: set[str] = set()
+        self._series: dict[tuple[str, str, int, str], CallSeries] = {}
+        self._series_lock = threading.Lock()
         self.models_loaded = Gauge(
             "intramuros_models_loaded", "Models loaded now.", registry=self.registry
         )
+
+    def model_label(self, model: str, *, reached: bool) -> str:
+        """``model`` as a label value: itself if a call has reached it (``reached``: this
+        one did), else ``OTHER_MODEL``; at most ``MAX_MODEL_LABELS`` names."""
+        if model in self._model_labels:
+            return model
+        if reached and len(self._model_labels) < MAX_MODEL_LABELS:
+            with self._series_lock:
+                self._model_labels.add(model)
+            return model
+        return OTHER_MODEL
+
+    def call_series(self, route: str, model: str, status: int, source: str) -> CallSeries:
+        """The series of a call on ``route`` with ``model`` (a label from
+        :meth:`model_label`) that ended with ``status``, its energy from ``source``."""
+        key = (route, model, status, source)
+        found = self._series.get(key)
+        if found is not None:
+            return found
+        series = CallSeries(
+            requests=self.requests.labels(route, model, str(status)),
+            latency=self.latency.labels(route, model),
+            energy=self.energy.labels(model, source),
+            cpu_seconds=self.cpu_seconds.labels(model), cost=self.cost.labels(model),
+            co2e=self.co2e.labels(model), prompt_tokens=self.tokens.labels(model, "prompt"),
+            completion_tokens=self.tokens.labels(model, "completion"),
+            ttft=self.ttft.labels(model), queue_wait=self.queue_wait.labels(model),
+        )  # fmt: skip
+        with self._series_lock:
+            if len(self._series) >= _MAX_CACHED_SERIES:
+                self._series.clear()  # looked up again when next used
+            self._series[key] = series
+        return series
 
     def export_engines(self, source: EngineStats) -> None:
         """Export the loaded engines' own stats (``Engine.stats``), read at each scrape."""

@@ -26,6 +26,8 @@ class CallMeter:
     status: int = 200
     error_code: str | None = None
     weights_sha256: str | None = None
+    # Whether the call found its model in the catalogue (its name is then a metric label).
+    model_found: bool = False
     request_id: str = field(default_factory=lambda: secrets.token_hex(12))
     tenant: str | None = None
     key_id: str | None = None

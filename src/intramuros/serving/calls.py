@@ -7,6 +7,8 @@ into the ``usage`` and ``logprobs`` shapes of the API.
 
 from __future__ import annotations
 
+from typing import Any
+
 from intramuros.engines.base import TokenLogprob, Usage
 from intramuros.platform.call import CallMeter
 from intramuros.protocol import openai as p
@@ -24,22 +26,24 @@ def _ms(start: float, end: float | None) -> float | None:
     return round((end - start) * 1000, 3) if end is not None else None
 
 
-def metering_of(meter: CallMeter) -> p.Metering:
-    """The call's timings, energy, cost and CO2e, as the extra ``usage`` fields."""
+def metering_fields(meter: CallMeter) -> dict[str, Any]:
+    """The call's timings, energy, cost and CO2e: the extra ``usage`` fields, those with a
+    value (a plain dict: every answer and every record carries them)."""
     decode = None
     if meter.first_token is not None and meter.ended is not None and meter.completion_tokens > 1:
         span = meter.ended - meter.first_token
         # Tokens after the first one, over the time after the first one.
         decode = round((meter.completion_tokens - 1) / span, 3) if span > 0 else None
     energy = meter.energy
-    return p.Metering(
-        queue_ms=_ms(meter.started, meter.queued_until), ttft_ms=_ms(meter.started,
-                                                                     meter.first_token),
-        latency_ms=_ms(meter.started, meter.ended), decode_tokens_per_second=decode,
-        cpu_seconds=round(energy.cpu_seconds, 6), energy_joules=round(energy.joules, 6),
-        energy_source=energy.source, cost_eur=round(meter.cost_eur, 12),
-        co2e_grams=round(meter.co2e_grams, 9),
-    )  # fmt: skip
+    fields = {
+        "queue_ms": _ms(meter.started, meter.queued_until),
+        "ttft_ms": _ms(meter.started, meter.first_token),
+        "latency_ms": _ms(meter.started, meter.ended), "decode_tokens_per_second": decode,
+        "cpu_seconds": round(energy.cpu_seconds, 6), "energy_joules": round(energy.joules, 6),
+        "energy_source": energy.source, "cost_eur": round(meter.cost_eur, 12),
+        "co2e_grams": round(meter.co2e_grams, 9),
+    }  # fmt: skip
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def usage_of(meter: CallMeter) -> p.UsageOut:
@@ -49,7 +53,7 @@ def usage_of(meter: CallMeter) -> p.UsageOut:
                       total_tokens=meter.prompt_tokens + meter.completion_tokens,
                       prompt_tokens_details=p.PromptTokensDetails(
                           cached_tokens=meter.cached_tokens),
-                      **metering_of(meter).model_dump(exclude_none=True))  # fmt: skip
+                      **metering_fields(meter))  # fmt: skip
 
 
 def chat_logprobs(items: list[TokenLogprob] | None) -> p.ChoiceLogprobs:

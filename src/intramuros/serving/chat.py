@@ -40,6 +40,7 @@ class ChatService(Endpoint):
         try:
             policy = await self.admission.admit(who, meter)
             model = await self.pool.get(req.model, who.tenant)
+            meter.model_found = True
             # Checking schemas and copying messages is Python work proportional to the
             # request: off the event loop, unless it is bounded and small.
             params = (convert.chat_params(req, model.record) if convert.small_chat(req)

@@ -39,6 +39,7 @@ class CompletionService(Endpoint):
         try:
             policy = await self.admission.admit(who, meter)
             model = await self.pool.get(req.model, who.tenant)
+            meter.model_found = True
             meter.weights_sha256 = model.record.sha256
             prompts: list[str | list[int]] = convert.completion_prompts(req)
             stop = convert.completion_params(req, model.record, prompts[0]).sampling.stop

@@ -18,7 +18,7 @@ from intramuros.protocol import openai as p
 from intramuros.serving import convert
 from intramuros.serving.admission import subject_of
 from intramuros.serving.calls import (
-    metering_of,
+    metering_fields,
 )
 from intramuros.serving.endpoint import Endpoint
 
@@ -34,6 +34,7 @@ class EmbeddingService(Endpoint):
         try:
             policy = await self.admission.admit(who, meter)
             model = await self.pool.get(req.model, who.tenant)
+            meter.model_found = True
             meter.weights_sha256 = model.record.sha256
             convert.require(model.record, "embeddings", "embeddings")
             inputs = convert.embedding_inputs(req, self.settings.max_embedding_inputs)
@@ -81,5 +82,5 @@ class EmbeddingService(Endpoint):
             id="embd-" + secrets.token_hex(12), data=data, model=req.model,
             usage=p.EmbeddingUsage(prompt_tokens=result.prompt_tokens,
                                    total_tokens=result.prompt_tokens,
-                                   **metering_of(meter).model_dump(exclude_none=True)),
+                                   **metering_fields(meter)),
         )  # fmt: skip

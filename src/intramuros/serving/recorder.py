@@ -49,7 +49,7 @@ from intramuros.meter.price import PriceModel
 from intramuros.meter.tables import record_metering
 from intramuros.platform.call import CallMeter
 from intramuros.platform.interface import AuditEvent
-from intramuros.serving.calls import metering_of
+from intramuros.serving.calls import metering_fields
 from intramuros.store.db import request_log
 
 log = logging.getLogger(__name__)
@@ -198,18 +198,20 @@ class CallRecorder:
         meter.cost_eur = self.prices.cost_eur(energy.joules, energy.machine_seconds)
         meter.co2e_grams = self.prices.co2e_grams(energy.joules)
         m = self.metrics
-        m.energy.labels(meter.model, energy.source).inc(energy.joules)
-        m.cpu_seconds.labels(meter.model).inc(energy.cpu_seconds)
-        m.cost.labels(meter.model).inc(meter.cost_eur)
-        m.co2e.labels(meter.model).inc(meter.co2e_grams)
-        m.requests.labels(meter.route, meter.model, str(meter.status)).inc()
-        m.latency.labels(meter.route, meter.model).observe(now - meter.started)
-        m.tokens.labels(meter.model, "prompt").inc(meter.prompt_tokens)
-        m.tokens.labels(meter.model, "completion").inc(meter.completion_tokens)
+        model = m.model_label(meter.model, reached=meter.model_found or meter.status < 400)
+        series = m.call_series(meter.route, model, meter.status, energy.source)
+        series.energy.inc(energy.joules)
+        series.cpu_seconds.inc(energy.cpu_seconds)
+        series.cost.inc(meter.cost_eur)
+        series.co2e.inc(meter.co2e_grams)
+        series.requests.inc()
+        series.latency.observe(now - meter.started)
+        series.prompt_tokens.inc(meter.prompt_tokens)
+        series.completion_tokens.inc(meter.completion_tokens)
         if meter.first_token is not None:
-            m.ttft.labels(meter.model).observe(meter.first_token - meter.started)
+            series.ttft.observe(meter.first_token - meter.started)
         if meter.queued_until is not None:
-            m.queue_wait.labels(meter.model).observe(meter.queued_until - meter.started)
+            series.queue_wait.observe(meter.queued_until - meter.started)
         if meter.tenant is not None and meter.status < 400:
             # Per-minute windows in memory are charged now, not at the commit, so that
             # the next call of the same key sees them; shared ones with the record.
@@ -350,8 +352,7 @@ class CallRecorder:
             "completion_tokens": meter.completion_tokens,
             "latency_ms": round((now - meter.started) * 1000, 3),
             "pii": meter.pii.summary() if meter.pii else {},
-            **{k: v for k, v in metering_of(meter).model_dump().items()
-               if v is not None and k not in ("latency_ms", "routing")},
+            **{k: v for k, v in metering_fields(meter).items() if k != "latency_ms"},
         }  # fmt: skip
         if meter.extra:
             data["extra"] = meter.extra

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from intramuros.gate.auth import principal
 from intramuros.gate.tenants import Principal
+from intramuros.platform.lean import lean
 from intramuros.platform.sse import sse_response
 from intramuros.protocol import openai as p
 from intramuros.router.service import Routed, RouterService
@@ -62,6 +63,7 @@ def _routed(routed: Routed, response: Response) -> Any:
 
 
 @router.post("/chat/completions", response_model=None)
+@lean
 async def chat_completions(
     body: p.ChatCompletionRequest, request: Request, response: Response, who: Principal = Caller
 ) -> Any:
@@ -72,6 +74,7 @@ async def chat_completions(
 
 
 @router.post("/completions", response_model=None)
+@lean
 async def completions(
     body: p.CompletionRequest, request: Request, response: Response, who: Principal = Caller
 ) -> Any:
