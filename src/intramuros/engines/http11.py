@@ -109,8 +109,9 @@ class LeanHTTP:
         self.origin = f"http://{host}:{self.port}"
         if any(c in f"{k}{v}" for k, v in headers.items() for c in "\r\n\0"):
             raise ValueError("an upstream header holds a line break or NUL")
-        fixed = {"Host": host if self.port == 80 else f"{host}:{self.port}", "Content-Type": "application/json",
-                 "Accept": "application/json", "Connection": "keep-alive", **headers}
+        fixed = {"Host": host if self.port == 80 else f"{host}:{self.port}",
+                 "Content-Type": "application/json", "Accept": "application/json",
+                 "Connection": "keep-alive", **headers}
         self._head = "".join(f"{k}: {v}\r\n" for k, v in fixed.items()).encode("latin-1")
         self.timeout = timeout
         self.connect_timeout = connect_timeout

@@ -29,6 +29,7 @@ from intramuros.errors import RateLimited
 from intramuros.gate.policy import Limits
 from intramuros.gate.tables import quota_events, quota_scopes, usage
 from intramuros.store.db import Database
+from intramuros.store.driver import DriverStatement
 
 WINDOW = 60.0
 
@@ -212,12 +213,12 @@ def record_quota_tokens(conn: Connection, scopes: list[tuple[str, str]], tokens:
 # call's record). Parameter names differ from the columns', as SQLAlchemy requires in UPDATE.
 _USAGE_WHERE = (usage.c.tenant == sa.bindparam("b_tenant"), usage.c.key_id == sa.bindparam("b_key"),
                 usage.c.model == sa.bindparam("b_model"), usage.c.day == sa.bindparam("b_day"))
-_USAGE_UPDATE = usage.update().where(*_USAGE_WHERE).values(
+_USAGE_UPDATE = DriverStatement(usage.update().where(*_USAGE_WHERE).values(
     requests=usage.c.requests + sa.bindparam("b_requests", type_=sa.Integer),
     prompt_tokens=usage.c.prompt_tokens + sa.bindparam("b_prompt", type_=sa.Integer),
     completion_tokens=usage.c.completion_tokens + sa.bindparam("b_completion", type_=sa.Integer),
-)
-_USAGE_INSERT = usage.insert()
+))
+_USAGE_INSERT = DriverStatement(usage.insert())
 
 
 def record_usage(
@@ -227,12 +228,12 @@ def record_usage(
     """Add calls (one by default) to the daily ``usage`` totals (update, else insert), in
     ``conn``'s transaction."""
     day = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d")
-    updated = conn.execute(_USAGE_UPDATE, {
+    updated = _USAGE_UPDATE.execute(conn, {
         "b_tenant": tenant, "b_key": key_id, "b_model": model, "b_day": day,
         "b_requests": requests, "b_prompt": prompt,
-        "b_completion": completion}).rowcount  # fmt: skip
+        "b_completion": completion})  # fmt: skip
     if not updated:
-        conn.execute(_USAGE_INSERT, {
+        _USAGE_INSERT.execute(conn, {
             "tenant": tenant, "key_id": key_id, "model": model, "day": day,
             "requests": requests, "prompt_tokens": prompt,
             "completion_tokens": completion})  # fmt: skip

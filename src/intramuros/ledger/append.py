@@ -20,11 +20,12 @@ from intramuros.ledger.crypto import LedgerKeyMissing, LedgerKeys, content_aad
 from intramuros.ledger.errors import LedgerKeyRequired
 from intramuros.ledger.rows import LedgerEntry, head_row
 from intramuros.ledger.tables import ledger_content, ledger_records
+from intramuros.store.driver import DriverStatement
 
 MAX_NAME = 200
-# Built once: compiled once and cached, only the parameters change (every model call).
-_INSERT_RECORD = ledger_records.insert()
-_INSERT_CONTENT = ledger_content.insert()
+# Compiled once per dialect, run on the driver's cursor (store/driver.py): every model call.
+_INSERT_RECORD = DriverStatement(ledger_records.insert())
+_INSERT_CONTENT = DriverStatement(ledger_content.insert())
 # What prepare() makes of an append's fields: (kind, tenant, key id, subject, data JSON,
 # content plaintext).
 Prepared = tuple[str, str | None, str | None, str | None, str, bytes | None]
@@ -118,9 +119,9 @@ def insert_records(conn: Connection, records: list[dict[str, Any]],
                    contents: list[dict[str, Any]]) -> None:  # fmt: skip
     """Insert records made by :func:`next_record` (records first: contents refer to them)."""
     if records:
-        conn.execute(_INSERT_RECORD, records)
+        _INSERT_RECORD.execute(conn, records)
     if contents:
-        conn.execute(_INSERT_CONTENT, contents)
+        _INSERT_CONTENT.execute(conn, contents)
 
 
 def require_keys(keys: LedgerKeys | None, action: str) -> LedgerKeys:

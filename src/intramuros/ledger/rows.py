@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from intramuros.ledger.chain import ChainRow, MalformedRow
 from intramuros.ledger.tables import ledger_content, ledger_records
 from intramuros.store.db import Database
+from intramuros.store.driver import DriverStatement
 
 _READ_BATCH = 1000
 
@@ -159,14 +160,22 @@ def chain_row(row: Any, stored: tuple[str, bytes, bytes] | None = None) -> Chain
 
 
 # Built once: every append reads the head.
-_HEAD = (sa.select(ledger_records.c.seq, ledger_records.c.hash, ledger_records.c.mac_version,
-                   ledger_records.c.mac)
-         .order_by(ledger_records.c.seq.desc()).limit(1))  # fmt: skip
+class _Head(NamedTuple):
+    seq: int
+    hash: str
+    mac_version: str | None
+    mac: str | None
+
+
+_HEAD = DriverStatement(sa.select(ledger_records.c.seq, ledger_records.c.hash,
+                            ledger_records.c.mac_version, ledger_records.c.mac)
+                  .order_by(ledger_records.c.seq.desc()).limit(1))  # fmt: skip
 
 
 def head_row(conn: Connection) -> Any:
     """The last record's ``(seq, hash, mac_version, mac)``, or ``None`` for an empty ledger."""
-    return conn.execute(_HEAD).first()
+    row = _HEAD.first(conn)
+    return None if row is None else _Head(*row)
 
 
 def entry_from_row(row: Any) -> LedgerEntry:

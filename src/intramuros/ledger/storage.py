@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from intramuros.errors import ServerError
 from intramuros.ledger.errors import LedgerScrubError
 from intramuros.store.db import Database
+from intramuros.store.driver import driver_sql
 
 
 @contextmanager
@@ -81,14 +82,16 @@ def locked_on(conn: Connection) -> Iterator[Connection]:
     is taken from the pool or set up for each transaction."""
     try:
         if conn.dialect.name == "sqlite":
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # On the driver's cursor: the connection is in autocommit mode at the driver,
+            # and this is every call record's transaction (store/driver.py says why).
+            driver_sql(conn, "BEGIN IMMEDIATE")
             try:
                 yield conn
             except BaseException:
                 with contextlib.suppress(SQLAlchemyError):
-                    conn.exec_driver_sql("ROLLBACK")
+                    driver_sql(conn, "ROLLBACK")
                 raise
-            conn.exec_driver_sql("COMMIT")
+            driver_sql(conn, "COMMIT")
         else:
             with conn.begin():
                 conn.execute(sa.text("LOCK TABLE ledger_records IN SHARE ROW EXCLUSIVE MODE"))

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from intramuros.store.db import Migration, area_steps, metadata
+from intramuros.store.driver import DriverStatement
 
 usage_metering = sa.Table(
     "usage_metering",
@@ -50,7 +51,7 @@ def migration_steps() -> list[tuple[str, Callable[[Connection], None]]]:
 
 # Built once (compiled once, cached): every call's record runs them.
 _T = usage_metering.c
-_METERING_UPDATE = usage_metering.update().where(
+_METERING_UPDATE = DriverStatement(usage_metering.update().where(
     _T.tenant == sa.bindparam("b_tenant"), _T.key_id == sa.bindparam("b_key"),
     _T.model == sa.bindparam("b_model"), _T.day == sa.bindparam("b_day"),
 ).values(
@@ -58,8 +59,8 @@ _METERING_UPDATE = usage_metering.update().where(
     energy_joules=_T.energy_joules + sa.bindparam("b_joules", type_=sa.Float),
     cost_eur=_T.cost_eur + sa.bindparam("b_eur", type_=sa.Float),
     co2e_grams=_T.co2e_grams + sa.bindparam("b_co2e", type_=sa.Float),
-)  # fmt: skip
-_METERING_INSERT = usage_metering.insert()
+))  # fmt: skip
+_METERING_INSERT = DriverStatement(usage_metering.insert())
 
 
 def record_metering(
@@ -68,12 +69,12 @@ def record_metering(
 ) -> None:  # fmt: skip
     """Add one call's energy, cost and CO2e to its day's totals, in ``conn``'s transaction."""
     day = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d")
-    updated = conn.execute(_METERING_UPDATE, {
+    updated = _METERING_UPDATE.execute(conn, {
         "b_tenant": tenant, "b_key": key_id, "b_model": model, "b_day": day,
         "b_cpu": cpu_seconds, "b_joules": energy_joules, "b_eur": cost_eur,
-        "b_co2e": co2e_grams}).rowcount  # fmt: skip
+        "b_co2e": co2e_grams})  # fmt: skip
     if not updated:
-        conn.execute(_METERING_INSERT, {
+        _METERING_INSERT.execute(conn, {
             "tenant": tenant, "key_id": key_id, "model": model, "day": day,
             "cpu_seconds": cpu_seconds, "energy_joules": energy_joules, "cost_eur": cost_eur,
             "co2e_grams": co2e_grams})  # fmt: skip

@@ -51,11 +51,12 @@ from intramuros.platform.call import CallMeter
 from intramuros.platform.interface import AuditEvent
 from intramuros.serving.calls import metering_fields
 from intramuros.store.db import request_log
+from intramuros.store.driver import DriverStatement
 
 log = logging.getLogger(__name__)
 
-# Built once (compiled once, cached): parameters per call.
-_LOG_INSERT = request_log.insert()
+# Compiled once, run on the driver's cursor (store/driver.py): parameters per call.
+_LOG_INSERT = DriverStatement(request_log.insert())
 # Most calls written in one transaction: bounds how long one commit holds the lock.
 MAX_BURST = 256
 # A burst that fails (the database busy past its timeout, say) is tried this many times,
@@ -391,7 +392,7 @@ class _Totals:
 
     def write(self, conn: Connection) -> None:
         if self.logs:
-            conn.execute(_LOG_INSERT, self.logs)
+            _LOG_INSERT.execute(conn, self.logs)
         for (tenant, key_id, model, _day), s in self.sums.items():
             wall = s[7]
             record_usage(conn, tenant=tenant, key_id=key_id, model=model, prompt=int(s[1]),
