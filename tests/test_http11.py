@@ -254,3 +254,14 @@ def test_concurrent_calls_each_get_a_connection_and_all_are_answered() -> None:
     assert not errors
     assert results == [200] * 160
     assert len(accepted) <= 8, "connections were opened beyond the calls running at once"
+
+
+def test_a_head_without_end_is_refused() -> None:
+    def endless(conn: socket.socket, n: int, read: Read) -> None:
+        read(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nX-Long: ")
+        for _ in range(40):  # 160 KiB of one header value, never ended
+            conn.sendall(b"a" * 4096)
+
+    with scripted(endless) as (url, _seen, _accepted), pytest.raises(httpx.RemoteProtocolError):
+        client(url).post_json("x", {})

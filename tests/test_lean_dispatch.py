@@ -20,6 +20,7 @@ from starlette.testclient import TestClient
 
 from intramuros.api import app as app_module
 from intramuros.api import errors
+from intramuros.api import lean as lean_module
 from intramuros.api.lean import LeanDispatch, lean_route, lean_routes
 from intramuros.errors import InvalidRequest
 from intramuros.platform.lean import lean
@@ -184,6 +185,26 @@ def test_errors_of_dependencies_and_endpoints_are_ours(small: TestClient) -> Non
     assert r.json()["error"]["message"] == "Internal server error."  # no detail leaks
     r = small.post("/echo", json={"n": 7}, headers={"x-who": "me"})
     assert r.status_code == 500
+
+
+def test_a_large_body_goes_to_fastapi_and_is_parsed_once_there(
+    small: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed: list[int] = []
+    real = lean_module._parsed
+
+    def counting(*args: Any) -> Any:
+        parsed.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(lean_module, "_parsed", counting)
+    padded = json.dumps({"n": 2, "pad": " " * lean_module.MAX_LEAN_BODY}).encode()
+    r = small.post("/echo", content=padded, headers={"x-who": "me",
+                                                     "content-type": "application/json"})
+    assert (r.status_code, r.json()) == (200, {"n": 2, "who": "me"})
+    assert CALLS == [2] and parsed == []  # served by FastAPI, the lean parse skipped
+    small.post("/echo", json={"n": 3}, headers={"x-who": "me"})
+    assert parsed == [1]
 
 
 def test_a_body_that_does_not_validate_goes_to_fastapi(small: TestClient) -> None:

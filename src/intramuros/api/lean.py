@@ -2,7 +2,8 @@
 
 It sits inside the body-limit middleware (the body is read, bounded and
 checked already) and in front of FastAPI's exception layer and router. For a
-POST to a lean route with a JSON body that parses and validates, it resolves
+POST to a lean route with a JSON body (up to ``MAX_LEAN_BODY``) that parses and
+validates, it resolves
 the route's dependencies (the API key), calls the endpoint function and sends
 its response; errors the endpoint raises become the same answers the app's
 handlers give (``intramuros.api.errors``). Everything else, including every
@@ -29,6 +30,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from intramuros.api.errors import answer_error
 from intramuros.errors import IntramurosError
 from intramuros.platform.lean import is_lean
+
+# Bodies up to this size are parsed here (a chat request is a few kilobytes); larger ones
+# go to FastAPI.
+MAX_LEAN_BODY = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,9 @@ class LeanDispatch:
                 return {"type": "http.request", "body": raw, "more_body": False}
             return await receive()
 
-        body = _parsed(route, scope, raw)
+        # A large body gains little here and would be parsed twice if it is refused:
+        # FastAPI takes it, as it takes every refused one.
+        body = _parsed(route, scope, raw) if len(raw) <= MAX_LEAN_BODY else None
         if body is None:
             # FastAPI reads, refuses and words the error as on every other route.
             await self.app(scope, replay, send)

@@ -36,6 +36,9 @@ MAX_IDLE = 32
 # An answer larger than this is refused (a whole chat answer is kilobytes; embeddings of
 # a large batch megabytes).
 MAX_ANSWER_BYTES = 256 * 1024 * 1024
+# The status line and headers: more is an upstream gone wrong (h11, under httpx, allows
+# 16 KiB).
+MAX_HEAD_BYTES = 64 * 1024
 _READ = 65536
 
 
@@ -196,6 +199,8 @@ class LeanHTTP:
                         request=httpx.Request("POST", url))  # fmt: skip
                 received += len(chunk)
                 parser.feed_data(chunk)
+                if not reading.headers_done and received > MAX_HEAD_BYTES:
+                    raise _TooLarge()  # a head without end (the parser would buffer it all)
         except _Stale:
             sock.close()
             raise
@@ -231,4 +236,4 @@ class _Stale(Exception):
 
 
 class _TooLarge(Exception):
-    """The answer is over ``MAX_ANSWER_BYTES``."""
+    """The answer's head is over ``MAX_HEAD_BYTES`` or its body over ``MAX_ANSWER_BYTES``."""

@@ -18,7 +18,8 @@ parameters but its own literals).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,38 +50,25 @@ class DriverStatement:
                 = ()) -> int:  # fmt: skip
         """Run with one set of parameters (a mapping) or many (a sequence of mappings, as
         one ``executemany``); the number of rows affected."""
-        many = not isinstance(params, Mapping)
-        rows: Sequence[Mapping[str, Any]] = params if many else [params]  # type: ignore[assignment,list-item]
-        if many and not rows:
+        rows = [params] if isinstance(params, Mapping) else list(params)
+        if not rows:
             return 0
-        compiled = self._for(conn.dialect, tuple(rows[0]) if rows else ())
+        compiled = self._for(conn.dialect, tuple(rows[0]))
         args = [_args(compiled, row) for row in rows]
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            if many:
-                cursor.executemany(compiled.sql, args)
-            else:
+        with _cursor(conn, compiled.sql, args) as cursor:
+            if isinstance(params, Mapping):
                 cursor.execute(compiled.sql, args[0])
+            else:
+                cursor.executemany(compiled.sql, args)
             return int(cursor.rowcount)
-        except conn.dialect.loaded_dbapi.Error as exc:
-            raise sa_exc.DBAPIError.instance(compiled.sql, args, exc,
-                                             conn.dialect.loaded_dbapi.Error) from exc
-        finally:
-            cursor.close()
 
     def first(self, conn: Connection, params: Mapping[str, Any] | None = None) -> Any:
         """The first row of a query (a tuple), or None."""
         compiled = self._for(conn.dialect, tuple(params or ()))
         args = _args(compiled, params or {})
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
+        with _cursor(conn, compiled.sql, args) as cursor:
             cursor.execute(compiled.sql, args)
             return cursor.fetchone()
-        except conn.dialect.loaded_dbapi.Error as exc:
-            raise sa_exc.DBAPIError.instance(compiled.sql, args, exc,
-                                             conn.dialect.loaded_dbapi.Error) from exc
-        finally:
-            cursor.close()
 
     def _for(self, dialect: Dialect, keys: tuple[str, ...]) -> _Compiled:
         key = (dialect.name, keys)
@@ -111,11 +99,19 @@ class DriverStatement:
 def driver_sql(conn: Connection, sql: str) -> None:
     """Run a literal statement without parameters (``BEGIN IMMEDIATE``, ``COMMIT``) on the
     DB-API cursor of ``conn``; driver errors as SQLAlchemy's."""
+    with _cursor(conn, sql, ()) as cursor:
+        cursor.execute(sql)
+
+
+@contextmanager
+def _cursor(conn: Connection, sql: str, args: Any) -> Iterator[Any]:
+    """A cursor of ``conn``'s driver connection, closed after; driver errors raised as
+    SQLAlchemy's (``sql`` and ``args`` name the statement in them)."""
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
-        cursor.execute(sql)
+        yield cursor
     except conn.dialect.loaded_dbapi.Error as exc:
-        raise sa_exc.DBAPIError.instance(sql, (), exc, conn.dialect.loaded_dbapi.Error) from exc
+        raise sa_exc.DBAPIError.instance(sql, args, exc, conn.dialect.loaded_dbapi.Error) from exc
     finally:
         cursor.close()
 
